@@ -1,0 +1,52 @@
+# Thin wrappers over the CLI. `make run` and `make test` set up ./.venv first (once).
+PYTHON ?= python3.11
+VENV := .venv
+# Optional: build the environment once under $(VENV_CACHE) (keyed on the lock) and link .venv to it.
+VENV_CACHE ?=
+LOCK_HASH := $(shell cat constraints.txt pyproject.toml | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(LOCK_HASH)
+export RAY_AUTH_MODE ?= token
+
+.PHONY: setup run test test-fast lint bench down lock clean
+
+setup: $(STAMP)
+
+$(STAMP): constraints.txt pyproject.toml
+	@if [ -n "$(VENV_CACHE)" ]; then \
+	  target="$(VENV_CACHE)/venv-$(LOCK_HASH)"; \
+	  if [ ! -f "$$target/.complete" ]; then \
+	    rm -rf "$$target" && $(PYTHON) -m venv "$$target" && \
+	    "$$target/bin/pip" install -q --upgrade pip && \
+	    "$$target/bin/pip" install -q -c constraints.txt -e ".[dev]" && touch "$$target/.complete"; \
+	  fi; \
+	  rm -rf $(VENV) && ln -s "$$target" $(VENV); \
+	else \
+	  [ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV); \
+	  $(VENV)/bin/pip install -q --upgrade pip; \
+	  $(VENV)/bin/pip install -q -c constraints.txt -e ".[dev]"; \
+	fi
+	$(VENV)/bin/pip install -q --no-deps -e .   # editable link to *this* checkout
+	@rm -f $(VENV)/.installed-* && touch $@
+
+run: setup            ## the whole lifecycle on the embedded default
+	$(VENV)/bin/align run
+
+test: setup           ## the whole suite (unit, integration, e2e)
+	$(VENV)/bin/python -m pytest -q
+
+test-fast: setup      ## unit tests only, for quick iterations
+	$(VENV)/bin/python -m pytest -q tests/unit
+
+bench: setup
+	$(VENV)/bin/python bench/train_throughput.py
+
+down:
+	$(VENV)/bin/align down
+
+lock:                 ## refresh constraints.txt from the current environment
+	(echo "# Lock for reproducible lifecycles: every package of a working environment, pinned (pip freeze)."; \
+	 echo "# Regenerate with 'make lock' after changing pyproject.toml."; \
+	 $(VENV)/bin/pip freeze --exclude-editable | grep -v '^-e\|^align-platform') > constraints.txt
+
+clean:
+	rm -rf .align

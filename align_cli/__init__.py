@@ -1,0 +1,1 @@
+"""The ``align`` command line: one verb per lifecycle stage (CLI -> flows -> components)."""

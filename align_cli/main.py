@@ -1,0 +1,129 @@
+"""``align``: run the whole lifecycle, or one stage of it.
+
+    align run [--config RECIPE] [key=value ...]     ingest -> train -> evaluate -> register -> gate -> serve
+    align ingest | train | serve                    one stage, same config/overrides
+    align evaluate | promote [--run-id ID]          one stage on a trained run (default: the newest)
+    align search "a red circle" [-k 5]              query the serving endpoint
+    align down                                      stop serving and the local Ray head
+    align config                                    print the resolved config
+
+Environment is prepared here, before Prefect/Ray/MLflow are imported, so nothing happens at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from components.config import AlignConfig, dump_config, load_config
+
+
+def _prepare_environment(cfg: AlignConfig) -> None:
+    """Embedded defaults: Prefect's ephemeral server with its home under the state folder."""
+    os.environ.setdefault("PREFECT_HOME", cfg.storage.prefect_home)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray 2.60's default; keep it on
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if "://" not in cfg.storage.home:
+        os.makedirs(cfg.storage.home, exist_ok=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="align", description="ALIGN vision-language training lifecycle.")
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    def verb(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", default=None, help="YAML recipe (default: configs/embedded.yaml)")
+        p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100 seed=2")
+        return p
+
+    verb("run", "the whole lifecycle on the configured recipe")
+    verb("ingest", "ingest and filter the corpus")
+    verb("train", "train a model on the filtered dataset (new MLflow run)")
+    for name, text in (("evaluate", "evaluate a trained run"), ("promote", "register a run and gate it")):
+        verb(name, text).add_argument("--run-id", default=None, help="MLflow run id (default: the newest)")
+    verb("serve", "deploy the champion on Ray Serve")
+    verb("down", "stop serving and the local Ray head")
+    verb("config", "print the resolved config")
+    search = sub.add_parser("search", help="text -> image search against the serving endpoint")
+    search.add_argument("text")
+    search.add_argument("-k", type=int, default=5)
+    search.add_argument("--url", default=None, help="endpoint (default: from the config)")
+    search.add_argument("--config", default=None)
+    return parser
+
+
+def _print(payload: dict) -> None:
+    print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def _summary(result: dict, seconds: float) -> None:
+    print("\n=== ALIGN lifecycle finished in %.0f s ===" % seconds)
+    report = result["data_report"]
+    print(f"data:    {report['rows_in']} pairs in, {report['rows_kept']} kept, {report['rows_rejected']} rejected")
+    print("metrics:")
+    for name, value in sorted(result["metrics"].items()):
+        print(f"  {name:45s} {value:.4f}")
+    gate = result["gate"]
+    verdict = "passed -> champion" if gate["passed"] else "failed: " + "; ".join(gate["reasons"])
+    print(f"model:   {result['model_name']} version {result['model_version']} (run {result['run_id']}), gate {verdict}")
+    if result["serving_url"]:
+        print(f"serving: {result['serving_url']}  (POST /v1/search {{\"text\": ..., \"k\": 5}}; GET /healthz)")
+    else:
+        print("serving: nothing to serve yet (no model has passed the gate)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args.config, getattr(args, "overrides", []))
+    _prepare_environment(cfg)
+    config = cfg.model_dump()
+
+    if args.verb == "config":
+        print(dump_config(cfg))
+        return 0
+    if args.verb == "search":
+        from components.serving.client import search
+        from components.serving.deploy import endpoint_url
+
+        _print(search(args.url or endpoint_url(cfg.serve), args.text, args.k))
+        return 0
+    if args.verb == "down":
+        from components.runtime.ray_cluster import stop_local_head
+
+        stopped = stop_local_head(cfg.storage.home)
+        print("stopped the local Ray head (and with it, serving)" if stopped else "nothing was running")
+        return 0
+
+    started = time.monotonic()
+    if args.verb == "run":
+        from flows.lifecycle import lifecycle
+
+        result = lifecycle(config)
+        _summary(result, time.monotonic() - started)
+        return 0
+    if args.verb in ("evaluate", "promote"):
+        from components.runtime.tracking import latest_run_id, prepare_tracking
+
+        prepare_tracking(cfg.storage)
+        metric = cfg.gate.compare_metric if args.verb == "promote" else None
+        run_id = args.run_id or latest_run_id(cfg.storage, cfg.registry.experiment, metric)
+        from flows import stages
+
+        flow = stages.evaluate_flow if args.verb == "evaluate" else stages.promote_flow
+        _print(flow(config, run_id))
+        return 0
+    from flows import stages
+
+    _print({"ingest": stages.ingest_flow, "train": stages.train_flow, "serve": stages.serve_flow}[args.verb](config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

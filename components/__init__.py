@@ -1,0 +1,1 @@
+"""ALIGN lifecycle library: one folder per stage, plus the shared config tree."""

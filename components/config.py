@@ -1,0 +1,270 @@
+"""One typed config tree for every lifecycle stage.
+
+Recipes are YAML files under ``configs/`` (diffable experiments, big_vision style); the CLI applies
+``key=value`` overrides with dotted keys (``train.steps=100``). Defaults are the ALIGN paper's values
+where the paper gives one; CPU recipes override them in YAML and say why. Nothing here touches the
+file system or the environment at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RECIPE = PROJECT_ROOT / "configs" / "embedded.yaml"
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos in a recipe; refuse them rather than silently ignore them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(_Section):
+    """Where state lives. Every location is a URI: a local path or ``s3://bucket/prefix``."""
+
+    home: str = ""  # resolved from ALIGN_HOME or ./.align by ``resolve_home``
+    tracking_uri: str = ""  # default: sqlite:////<home>/mlflow.db
+    artifact_uri: str = ""  # default: <home>/mlartifacts
+    datasets_uri: str = ""  # default: <home>/datasets
+    checkpoints_uri: str = ""  # default: <home>/checkpoints
+    prefect_home: str = ""  # default: <home>/prefect
+
+
+class CorpusConfig(_Section):
+    """The embedded synthetic corpus: noisy train pairs, a clean eval split, a labelled set."""
+
+    kind: Literal["synthetic", "sidecar_folder"] = "synthetic"
+    path: str = ""  # sidecar folder to ingest when kind == sidecar_folder; default <home>/corpus
+    num_scenes: int = 6000  # clean scenes before noise is injected
+    image_size: int = 240  # generated side length; > the paper's 200 px so clean images pass
+    eval_scenes: int = 500
+    classify_per_class: int = 40
+    seed: int = 1234  # corpus seed, separate from the training seed so reruns share data
+    # Noise rates as fractions of num_scenes (each adds or corrupts pairs at a known rate).
+    too_small_rate: float = 0.03
+    extreme_aspect_rate: float = 0.03
+    boilerplate_rate: float = 0.04
+    boilerplate_texts: list[str] = ["image", "DSC_0042.JPG", "click here to enlarge photo", "untitled image file"]
+    many_texts_images: int = 2  # images that each carry many different alt-texts
+    many_texts_per_image: int = 60
+    short_text_rate: float = 0.02
+    long_text_rate: float = 0.02
+    rare_token_rate: float = 0.03
+    mismatch_rate: float = 0.05  # captions describing another image: no filter can catch these
+    eval_duplicate_rate: float = 0.01  # re-encoded copies of eval images leaking into train
+    corrupt_images: int = 3
+    non_utf8_captions: int = 3
+
+
+class FilterConfig(_Section):
+    """ALIGN's filters (paper §3). Inequalities are strict, as in the paper."""
+
+    min_short_side: int = 200  # keep shorter side > this
+    max_aspect_ratio: float = 3.0  # keep aspect ratio < this
+    max_texts_per_image: int = 1000  # drop images carrying > this many distinct alt-texts
+    max_images_per_text: int = 10  # drop alt-texts shared by > this many images
+    vocab_top_n: int = 100_000_000  # rare-token rule: top-N unigrams+bigrams of the raw corpus
+    min_words: int = 3  # drop alt-texts with < this many unigrams
+    max_words: int = 20  # ... or > this many
+    near_duplicate_max_distance: int = 4  # Hamming distance on a 64-bit dHash; -1 disables
+    max_image_pixels: int = 89_478_485  # decompression-bomb guard (Pillow's default)
+    resize_short_side: int = 346  # kept images are stored resized for training (paper: 346)
+    jpeg_quality: int = 90
+    rows_per_shard: int = 2000
+    shuffle_partitions: int = 0  # hash partitions of the statistics group-bys; 0: the cluster's CPUs
+
+
+class TextTowerConfig(_Section):
+    """A BERT-architecture text encoder, built from config (or pretrained weights, later issue)."""
+
+    vocab_size: int = 30522  # overwritten by the tokenizer's actual size
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_length: int = 64  # paper: at most 64 WordPiece tokens
+    tokenizer: Literal["train_wordpiece"] = "train_wordpiece"
+    tokenizer_vocab_size: int = 100_000  # paper trains a 100k WordPiece vocab on its own data
+
+
+class ModelConfig(_Section):
+    image_tower: str = "efficientnet_b7"  # any timm model name
+    # Registered preprocessing steps (components/model/preprocess.py); paper: resize 346, crop 289.
+    train_preprocess: str = "resize_short(346)|random_crop(289)|flip_lr"
+    eval_preprocess: str = "resize_short(346)|center_crop(289)"
+    channels_last: bool = True  # ~1.5x faster EfficientNet training on CPU (DESIGN.md §8)
+    text: TextTowerConfig = TextTowerConfig()
+    init_temperature: float = 1.0  # paper: 1.0, learnable, converges near 1/64
+    learn_temperature: bool = True
+    min_temperature: float = 0.01  # clamp so the logit scale cannot blow up to NaN
+    max_temperature: float = 10.0
+    label_smoothing: float = 0.1
+
+
+class TrainConfig(_Section):
+    num_workers: int = 2
+    use_gpu: bool = False
+    global_batch_size: int = 16384  # paper; split evenly across workers
+    steps: int = 1_200_000
+    optimizer: Literal["lamb", "adamw"] = "lamb"
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    warmup_steps: int = 10_000
+    checkpoint_every: int = 5000
+    log_every: int = 50
+    cpus_per_worker: float = 1.0
+    torch_threads_per_worker: int = 0  # 0: cpus_per_worker rounded down (at least 1)
+    shuffle_buffer: int = 0  # rows in each worker's local shuffle buffer when streaming; 0 disables
+    cache_shard: bool = False  # read each worker's shard into memory once (small data), else stream
+
+    @field_validator("global_batch_size")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("global_batch_size must be positive")
+        return value
+
+
+class EvalConfig(_Section):
+    # Suites; empty means "the embedded corpus' own eval split / labelled set".
+    retrieval_json: str = ""  # Karpathy-split JSON (Flickr30K/MSCOCO format)
+    retrieval_split: str = "test"
+    classification_dir: str = ""  # ImageFolder layout, optional classes.json
+    ks: list[int] = [1, 5, 10]
+    batch_size: int = 128
+    prompt_templates: list[str] = [
+        "a photo of a {}.",
+        "a picture of a {}.",
+        "a drawing of a {}.",
+        "an image showing a {}.",
+    ]
+
+
+class GateConfig(_Section):
+    """Promotion rule: clear absolute floors, and do not fall below the champion."""
+
+    # Names as logged to MLflow ("@" is not allowed there, so R@1 is written R_at_1).
+    min_metrics: dict[str, float] = {"retrieval/text_to_image/R_at_1": 0.01}
+    compare_metric: str = "retrieval/mean_recall"
+    max_regression: float = 0.0  # challenger may trail the champion by at most this much
+
+
+class RegistryConfig(_Section):
+    model_name: str = "align"
+    experiment: str = "align-lifecycle"
+
+
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    app_name: str = "align"
+    route_prefix: str = "/"
+    num_replicas: int = 1
+    max_k: int = 100
+    ready_timeout_s: float = 180.0
+
+
+class RayConfig(_Section):
+    address: str = "local"  # "local": a head under <home>/ray started on demand; or a ray:// / host:port
+    num_cpus: int = 0  # 0: the machine's CPUs (local head only)
+    dashboard: bool = False
+
+
+class AlignConfig(_Section):
+    name: str = "align"
+    seed: int = 0
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+    corpus: CorpusConfig = CorpusConfig()
+    filter: FilterConfig = FilterConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    gate: GateConfig = GateConfig()
+    registry: RegistryConfig = RegistryConfig()
+    serve: ServeConfig = ServeConfig()
+
+    def config_hash(self) -> str:
+        """Hash of everything that shapes a model, so runs can be compared and cached."""
+        payload = self.model_dump(exclude={"storage", "ray", "serve"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def section_hash(self, *sections: str) -> str:
+        payload = {name: getattr(self, name).model_dump() for name in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}"
+
+
+def resolve_home(home: str = "") -> str:
+    """ALIGN_HOME, else ./.align, made absolute unless it is already a remote URI."""
+    home = home or os.environ.get("ALIGN_HOME", "") or ".align"
+    if "://" in home:
+        return home.rstrip("/")
+    return str(Path(home).expanduser().resolve())
+
+
+def resolve_storage(storage: StorageConfig) -> StorageConfig:
+    """Fill unset locations from the state folder."""
+    home = resolve_home(storage.home)
+    local_home = "://" not in home
+    return StorageConfig(
+        home=home,
+        tracking_uri=storage.tracking_uri
+        or (f"sqlite:///{home}/mlflow.db" if local_home else f"sqlite:///{resolve_home('.align')}/mlflow.db"),
+        artifact_uri=storage.artifact_uri or _join(home, "mlartifacts"),
+        datasets_uri=storage.datasets_uri or _join(home, "datasets"),
+        checkpoints_uri=storage.checkpoints_uri or _join(home, "checkpoints"),
+        prefect_home=storage.prefect_home or _join(home if local_home else resolve_home(".align"), "prefect"),
+    )
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ValueError(f"override {item!r} is not of the form key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ValueError(f"override {item!r} has an empty key")
+    return key.split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted ``key=value`` overrides; values are parsed as YAML scalars/lists."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> AlignConfig:
+    """Load a YAML recipe (default: the embedded recipe), apply overrides, resolve storage."""
+    recipe = Path(path) if path else DEFAULT_RECIPE
+    if not recipe.is_file():
+        raise FileNotFoundError(f"recipe {recipe} does not exist (see configs/ for the shipped recipes)")
+    data = yaml.safe_load(recipe.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe {recipe} must be a mapping at the top level")
+    data = apply_overrides(data, list(overrides or []))
+    config = AlignConfig.model_validate(data)
+    config.storage = resolve_storage(config.storage)
+    return config
+
+
+def dump_config(config: AlignConfig) -> str:
+    return yaml.safe_dump(config.model_dump(), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Data stage: the synthetic corpus, ingestion and ALIGN's filters."""

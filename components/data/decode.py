@@ -1,0 +1,75 @@
+"""Robust decoding of raw (image bytes, caption bytes) records.
+
+A web corpus holds truncated files, decompression bombs, CMYK/palette/alpha images, EXIF-rotated
+photos, animations and captions in the wrong encoding. None of them may crash a worker: each record
+comes out either decoded (RGB, orientation applied, first frame) or marked with the rule it failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from components.data import schema
+
+Verdict = tuple[str, str] | None
+
+
+def decode_caption(raw: bytes) -> tuple[str, Verdict]:
+    """UTF-8 (BOM tolerated) caption text; undecodable bytes are kept readable for the rejects table."""
+    try:
+        return raw.decode("utf-8-sig").strip(), None
+    except UnicodeDecodeError as err:
+        shown = raw.decode("utf-8", errors="replace").strip()
+        return shown, (schema.RULE_CAPTION_NOT_UTF8, f"caption is not UTF-8: {err.reason} at byte {err.start}")
+
+
+def decode_image(data: bytes, max_pixels: int) -> tuple[Image.Image | None, Verdict]:
+    if not data:
+        return None, (schema.RULE_IMAGE_UNDECODABLE, "empty file")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (and errors past 2x) on huge images; we apply our own limit below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                return None, (schema.RULE_IMAGE_TOO_LARGE, f"{width}x{height} exceeds {max_pixels} pixels")
+            image.seek(0)  # animated images: the first frame
+            image.load()
+        image = ImageOps.exif_transpose(image)
+        return image.convert("RGB"), None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        return None, (schema.RULE_IMAGE_UNDECODABLE, f"{type(err).__name__}: {err}"[:300])
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def dhash(image: Image.Image) -> int:
+    """64-bit difference hash: robust to re-encoding and small resizes, so it finds near-duplicates."""
+    small = np.asarray(image.convert("L").resize((9, 8), Image.BILINEAR), dtype=np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def resize_short_side(image: Image.Image, size: int) -> Image.Image:
+    width, height = image.size
+    scale = size / min(width, height)
+    if scale == 1:
+        return image
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if scale < 0.5:
+        image = image.reduce(max(1, int(1 / scale / 2)))  # cheap box pre-shrink, then a quality resize
+    return image.resize(new_size, Image.BICUBIC)
+
+
+def encode_jpeg(image: Image.Image, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

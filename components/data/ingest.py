@@ -1,0 +1,98 @@
+"""The ingest stage as one call: make sure the corpus exists, then filter it (cached by content).
+
+The filtered dataset's folder is named by the hashes of the corpus and filter settings, so a rerun
+with another training seed reuses it instead of re-reading the corpus, and a changed filter setting
+never overwrites an older dataset that models were trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from components.config import AlignConfig
+from components.data import schema
+from components.data.decode import decode_image, dhash
+from components.data.pipeline import run_filter
+from components.storage import exists, join_uri, read_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CorpusPaths:
+    train_uri: str  # raw pairs to ingest (sidecar folder)
+    retrieval_json: str  # Karpathy-style eval split
+    classification_dir: str  # ImageFolder zero-shot classification set
+
+
+@dataclass
+class IngestResult:
+    dataset_uri: str
+    kept_uri: str
+    report: dict
+    manifest: dict
+    cached: bool
+
+
+def prepare_corpus(cfg: AlignConfig) -> CorpusPaths:
+    """The corpus to ingest and the eval suites; generates the embedded synthetic one on first use."""
+    if cfg.corpus.kind == "synthetic":
+        from components.data.synthetic import generate_corpus
+
+        root = Path(cfg.storage.home) / "corpus" / f"synthetic-{cfg.section_hash('corpus')}"
+        if not (root / "corpus_summary.json").is_file():
+            log.info("generating the embedded synthetic corpus under %s", root)
+            generate_corpus(cfg.corpus, root)
+        return CorpusPaths(
+            train_uri=str(root / "train"),
+            retrieval_json=cfg.eval.retrieval_json or str(root / "eval" / "dataset.json"),
+            classification_dir=cfg.eval.classification_dir or str(root / "classify"),
+        )
+    if not cfg.corpus.path:
+        raise ValueError("corpus.kind=sidecar_folder needs corpus.path (a local folder or s3:// URI)")
+    if not cfg.eval.retrieval_json:
+        raise ValueError("a real corpus needs eval.retrieval_json (a Karpathy-split JSON) to evaluate against")
+    return CorpusPaths(cfg.corpus.path, cfg.eval.retrieval_json, cfg.eval.classification_dir)
+
+
+def eval_image_hashes(retrieval_json: str, split: str) -> np.ndarray:
+    """dHashes of the evaluation images, so near-duplicates of them never reach training."""
+    from components.evaluation.datasets import load_karpathy
+
+    rset = load_karpathy(retrieval_json, split=split)
+    hashes = []
+    for path in rset.image_paths:
+        image, verdict = decode_image(Path(path).read_bytes(), max_pixels=1 << 31)
+        if image is None:
+            raise ValueError(f"evaluation image {path} does not decode: {verdict}")
+        hashes.append(dhash(image))
+    return np.array(hashes, dtype=np.uint64)
+
+
+def ingest(cfg: AlignConfig, corpus: CorpusPaths | None = None) -> IngestResult:
+    corpus = corpus or prepare_corpus(cfg)
+    key = f"{cfg.corpus.kind}-{cfg.section_hash('corpus', 'filter')}"
+    if cfg.corpus.kind != "synthetic":
+        key = f"{Path(corpus.train_uri.rstrip('/')).name}-{cfg.section_hash('corpus', 'filter')}"
+    dataset_uri = join_uri(cfg.storage.datasets_uri, key)
+    manifest_uri = join_uri(dataset_uri, schema.MANIFEST_FILE)
+    if exists(manifest_uri):
+        manifest = read_json(manifest_uri)
+        report = read_json(join_uri(dataset_uri, schema.REPORT_FILE))
+        return IngestResult(dataset_uri, manifest["kept_uri"], report, manifest, cached=True)
+    if exists(dataset_uri):
+        raise FileExistsError(f"{dataset_uri} holds an incomplete dataset (no manifest); remove it and rerun")
+    hashes = eval_image_hashes(corpus.retrieval_json, cfg.eval.retrieval_split)
+    result = run_filter(
+        corpus.train_uri,
+        dataset_uri,
+        cfg.filter,
+        source=cfg.corpus.kind,
+        eval_hashes=hashes,
+        config_hash=cfg.section_hash("filter"),
+    )
+    return IngestResult(dataset_uri, result.manifest["kept_uri"], result.report, result.manifest, cached=False)

@@ -1,0 +1,46 @@
+"""Column names and rule names shared by the data stage and its consumers (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+# Pairs table (what readers produce after decoding).
+PAIR_COLUMNS = ["key", "image", "text", "source", "locator", "width", "height", "image_sha256"]
+# Rejects table: enough to find the original record and to see why it was dropped.
+REJECT_COLUMNS = ["key", "locator", "source", "rule", "detail", "text", "width", "height", "image_sha256"]
+
+KEPT_DIR = "kept"
+REJECTS_DIR = "rejects"
+REPORT_FILE = "report.json"
+MANIFEST_FILE = "manifest.json"
+
+# Rules, in the order they are checked; a row is rejected for the first one it fails.
+RULE_MISSING_IMAGE = "missing_image"
+RULE_MISSING_CAPTION = "missing_caption"
+RULE_UNREADABLE = "unreadable_file"
+RULE_CAPTION_NOT_UTF8 = "caption_not_utf8"
+RULE_IMAGE_UNDECODABLE = "image_undecodable"
+RULE_IMAGE_TOO_LARGE = "image_too_many_pixels"
+RULE_IMAGE_TOO_SMALL = "image_too_small"
+RULE_IMAGE_ASPECT = "image_aspect_ratio"
+RULE_TEXT_TOO_FEW_WORDS = "text_too_few_words"
+RULE_TEXT_TOO_MANY_WORDS = "text_too_many_words"
+RULE_IMAGE_MANY_TEXTS = "image_too_many_texts"
+RULE_TEXT_MANY_IMAGES = "text_shared_by_too_many_images"
+RULE_TEXT_RARE_TOKEN = "text_rare_token"
+RULE_NEAR_DUPLICATE_EVAL = "near_duplicate_of_eval"
+
+ALL_RULES = [
+    RULE_MISSING_IMAGE,
+    RULE_MISSING_CAPTION,
+    RULE_UNREADABLE,
+    RULE_CAPTION_NOT_UTF8,
+    RULE_IMAGE_UNDECODABLE,
+    RULE_IMAGE_TOO_LARGE,
+    RULE_IMAGE_TOO_SMALL,
+    RULE_IMAGE_ASPECT,
+    RULE_TEXT_TOO_FEW_WORDS,
+    RULE_TEXT_TOO_MANY_WORDS,
+    RULE_IMAGE_MANY_TEXTS,
+    RULE_TEXT_MANY_IMAGES,
+    RULE_TEXT_RARE_TOKEN,
+    RULE_NEAR_DUPLICATE_EVAL,
+]

@@ -1,0 +1,98 @@
+"""The model artifact: safetensors weights + JSON config + tokenizer files, loadable without pickle.
+
+Layout of an artifact directory::
+
+    model.safetensors     weights (safetensors: no code runs on load)
+    align_config.json     the ModelConfig that builds the architecture, plus embed_dim
+    tokenizer/            Hugging Face tokenizer files
+    index/                optional search index written by the registry (embeddings.npy, items.json)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from components.config import ModelConfig
+from components.model.align import AlignModel
+from components.model.preprocess import build_pipeline, to_batch
+from components.model.tokenizer import load_tokenizer, save_tokenizer
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "align_config.json"
+TOKENIZER_DIR = "tokenizer"
+
+
+def unwrap(model: torch.nn.Module) -> AlignModel:
+    """Strip DDP (or any ``.module`` wrapper) to reach the AlignModel."""
+    return getattr(model, "module", model)
+
+
+def save_artifact(model: torch.nn.Module, tokenizer, directory: str | Path) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    core = unwrap(model)
+    state = {k: v.detach().cpu().contiguous() for k, v in core.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE))
+    meta = {"model": core.cfg.model_dump(), "embed_dim": core.embed_dim}
+    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+    save_tokenizer(tokenizer, directory / TOKENIZER_DIR)
+    return directory
+
+
+def load_model(directory: str | Path) -> tuple[AlignModel, object]:
+    directory = Path(directory)
+    meta = json.loads((directory / CONFIG_FILE).read_text())
+    model = AlignModel(ModelConfig.model_validate(meta["model"]))
+    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    model.eval()
+    return model, load_tokenizer(directory / TOKENIZER_DIR)
+
+
+class AlignEncoder:
+    """Inference wrapper: PIL images / strings in, L2-normalised numpy embeddings out."""
+
+    def __init__(self, model: AlignModel, tokenizer, batch_size: int = 128):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.preprocess = build_pipeline(model.cfg.eval_preprocess)
+        self.mean, self.std = model.image_tower.mean, model.image_tower.std
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.embed_dim
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        out = [np.zeros((0, self.embed_dim), np.float32)]
+        for start in range(0, len(images), self.batch_size):
+            chunk = [self.preprocess(image) for image in images[start : start + self.batch_size]]
+            batch = to_batch(chunk, self.mean, self.std, self.model.cfg.channels_last)
+            out.append(self.model.encode_image(batch).float().numpy())
+        return np.concatenate(out)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        out = [np.zeros((0, self.embed_dim), np.float32)]
+        for start in range(0, len(texts), self.batch_size):
+            tokens = tokenize(self.tokenizer, list(texts[start : start + self.batch_size]), self.model.cfg)
+            out.append(self.model.encode_text(tokens["input_ids"], tokens["attention_mask"]).float().numpy())
+        return np.concatenate(out)
+
+
+def tokenize(tokenizer, texts: list[str], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    return tokenizer(
+        texts, padding="longest", truncation=True, max_length=cfg.text.max_length, return_tensors="pt"
+    )
+
+
+def load_encoder(directory: str | Path, batch_size: int = 128) -> AlignEncoder:
+    model, tokenizer = load_model(directory)
+    return AlignEncoder(model, tokenizer, batch_size=batch_size)

@@ -1,0 +1,112 @@
+"""Named, registered image preprocessing steps (big_vision style).
+
+A pipeline is a string such as ``"resize_short(346)|random_crop(289)|flip_lr"`` in the recipe, so
+train/eval preprocessing is part of the diffable config and travels with the model artifact.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+ImageOp = Callable[[Image.Image], Image.Image]
+_REGISTRY: dict[str, Callable[..., ImageOp]] = {}
+_STEP = re.compile(r"^\s*([a-z_]+)\s*(?:\(([^)]*)\))?\s*$")
+
+
+def register(name: str) -> Callable[[Callable[..., ImageOp]], Callable[..., ImageOp]]:
+    def wrap(factory: Callable[..., ImageOp]) -> Callable[..., ImageOp]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+@register("resize_short")
+def resize_short(size: int, rng: random.Random | None = None) -> ImageOp:
+    def op(image: Image.Image) -> Image.Image:
+        w, h = image.size
+        scale = size / min(w, h)
+        if scale == 1:
+            return image
+        return image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+
+    return op
+
+
+@register("center_crop")
+def center_crop(size: int, rng: random.Random | None = None) -> ImageOp:
+    def op(image: Image.Image) -> Image.Image:
+        w, h = image.size
+        left, top = (w - size) // 2, (h - size) // 2
+        return image.crop((left, top, left + size, top + size))
+
+    return op
+
+
+@register("random_crop")
+def random_crop(size: int, rng: random.Random | None = None) -> ImageOp:
+    rng = rng or random.Random(0)
+
+    def op(image: Image.Image) -> Image.Image:
+        w, h = image.size
+        left, top = rng.randint(0, max(0, w - size)), rng.randint(0, max(0, h - size))
+        return image.crop((left, top, left + size, top + size))
+
+    return op
+
+
+@register("flip_lr")
+def flip_lr(rng: random.Random | None = None) -> ImageOp:
+    rng = rng or random.Random(0)
+
+    def op(image: Image.Image) -> Image.Image:
+        return image.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else image
+
+    return op
+
+
+def parse_pipeline(spec: str) -> list[tuple[str, list[int]]]:
+    steps = []
+    for part in spec.split("|"):
+        match = _STEP.match(part)
+        if not match or match.group(1) not in _REGISTRY:
+            raise ValueError(f"unknown preprocessing step {part!r}; known: {sorted(_REGISTRY)}")
+        args = [int(a) for a in match.group(2).split(",")] if match.group(2) else []
+        steps.append((match.group(1), args))
+    return steps
+
+
+def build_pipeline(spec: str, rng: random.Random | None = None) -> ImageOp:
+    ops = [_REGISTRY[name](*args, rng=rng) for name, args in parse_pipeline(spec)]
+
+    def pipeline(image: Image.Image) -> Image.Image:
+        image = image.convert("RGB")
+        for op in ops:
+            image = op(image)
+        return image
+
+    return pipeline
+
+
+def output_size(spec: str) -> int:
+    """The side of the final crop, which the model needs to know for serving/eval inputs."""
+    sizes = [args[0] for name, args in parse_pipeline(spec) if name.endswith("crop")]
+    if not sizes:
+        raise ValueError(f"pipeline {spec!r} has no crop step, so its output size is not fixed")
+    return sizes[-1]
+
+
+def to_batch(
+    images: Sequence[Image.Image], mean: Sequence[float], std: Sequence[float], channels_last: bool = False
+) -> torch.Tensor:
+    """Stack equally sized RGB images into a normalised float tensor (N, 3, H, W)."""
+    array = np.stack([np.asarray(image, dtype=np.uint8) for image in images])
+    batch = torch.from_numpy(array).permute(0, 3, 1, 2).float().div_(255.0)
+    batch = (batch - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch.contiguous()

@@ -1,0 +1,1 @@
+"""MLflow model logging, the registry (aliases champion/challenger) and the promotion gate."""

@@ -1,0 +1,1 @@
+"""Process-level plumbing shared by stages: Ray connection, MLflow set-up."""

@@ -1,0 +1,126 @@
+"""Connect to Ray; on the embedded default, start a local head that outlives the CLI process.
+
+Serving must keep running after ``align run`` returns, as it would in production, so the embedded
+default is not ``ray.init()`` in-process but a local head started on demand (``ray start --head``),
+recorded under ``<home>/ray/head.json`` and stopped by ``align down``. Token authentication stays on
+(Ray 2.60's default): the head and every client run with ``RAY_AUTH_MODE=token``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from components.config import AlignConfig
+
+log = logging.getLogger(__name__)
+HEAD_STATE = "head.json"
+
+
+def _state_dir(home: str) -> Path:
+    if "://" in home:
+        raise ValueError("a local Ray head needs a local state folder; set ray.address for remote storage")
+    return Path(home) / "ray"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _listening(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _auth_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("RAY_AUTH_MODE", "token")
+    return env
+
+
+def read_head_state(home: str) -> dict | None:
+    path = _state_dir(home) / HEAD_STATE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def ensure_local_head(cfg: AlignConfig) -> str:
+    """Address of the running local head for this state folder, starting one if needed."""
+    state = read_head_state(cfg.storage.home)
+    if state and _listening(state["address"]):
+        return state["address"]
+    port = _free_port()
+    num_cpus = cfg.ray.num_cpus or 2 * (os.cpu_count() or 1)
+    ray_cli = Path(sys.executable).with_name("ray")
+    command = [
+        str(ray_cli),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        f"--num-cpus={num_cpus}",
+        f"--include-dashboard={'true' if cfg.ray.dashboard else 'false'}",
+        "--dashboard-host=127.0.0.1",
+        "--disable-usage-stats",
+    ]
+    log.info("starting a local Ray head: %s", " ".join(command))
+    done = subprocess.run(command, env=_auth_env(), capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"`ray start --head` failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while not _listening(address):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"local Ray head did not listen on {address}")
+        time.sleep(0.5)
+    directory = _state_dir(cfg.storage.home)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / HEAD_STATE).write_text(json.dumps({"address": address, "num_cpus": num_cpus}))
+    return address
+
+
+def connect(cfg: AlignConfig) -> str:
+    """Connect this process to the configured cluster (idempotent); returns the GCS address."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.get_runtime_context().gcs_address
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    address = ensure_local_head(cfg) if cfg.ray.address == "local" else cfg.ray.address
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    quiet_ray_data()
+    return address
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's per-operator progress output drowns the lifecycle's own log lines."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def stop_local_head(home: str) -> bool:
+    """Stop the head this state folder started (``align down``); False if none was running."""
+    state = read_head_state(home)
+    if not state:
+        return False
+    running = _listening(state["address"])
+    if running:
+        ray_cli = Path(sys.executable).with_name("ray")
+        subprocess.run([str(ray_cli), "stop", "--grace-period", "20"], env=_auth_env(), capture_output=True, timeout=120)
+    (_state_dir(home) / HEAD_STATE).unlink(missing_ok=True)
+    return running

@@ -1,0 +1,34 @@
+"""Small URI helpers so every stage reads/writes a local path or ``s3://`` the same way."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.fs as pafs
+
+
+def join_uri(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    return pafs.FileSystem.from_uri(uri)
+
+
+def exists(uri: str) -> bool:
+    fs, path = _fs(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def write_json(uri: str, payload: dict) -> None:
+    fs, path = _fs(uri)
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(json.dumps(payload, indent=2, sort_keys=True).encode())
+
+
+def read_json(uri: str) -> dict:
+    fs, path = _fs(uri)
+    with fs.open_input_stream(path) as stream:
+        return json.loads(stream.read())

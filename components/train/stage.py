@@ -1,0 +1,33 @@
+"""The train stage: run Ray Train, then attach the resulting artifact to the lifecycle's MLflow run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.config import AlignConfig
+from components.train.trainer import TrainResult, run_training
+
+MODEL_ARTIFACT_PATH = "align_model"
+
+
+def train_stage(cfg: AlignConfig, kept_uri: str, run_id: str) -> TrainResult:
+    import mlflow
+
+    output_dir = Path(cfg.storage.home) / "models" / run_id
+    # Named after the MLflow run: rerunning the stage for the same run resumes from its checkpoint.
+    result = run_training(cfg, kept_uri, f"align-{run_id}", str(output_dir), cfg.storage.tracking_uri, run_id)
+    client = mlflow.MlflowClient(tracking_uri=cfg.storage.tracking_uri)
+    client.log_artifacts(run_id, result.artifact_dir, MODEL_ARTIFACT_PATH)
+    client.set_tag(run_id, "align.checkpoint", result.checkpoint_path)
+    return result
+
+
+def model_dir_for_run(cfg: AlignConfig, run_id: str) -> str:
+    """Local folder of the model trained in ``run_id``: the training output, else its MLflow artifact."""
+    import mlflow
+
+    local = Path(cfg.storage.home) / "models" / run_id
+    if (local / "model.safetensors").is_file():
+        return str(local)
+    mlflow.set_tracking_uri(cfg.storage.tracking_uri)
+    return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT_PATH, dst_path=str(local.parent / f"{run_id}-download"))

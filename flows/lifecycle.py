@@ -1,0 +1,41 @@
+"""The whole ALIGN lifecycle as one Prefect flow: ingest -> train -> evaluate -> register -> gate -> serve."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from components.config import AlignConfig
+from flows.tasks import deploy_task, evaluate_task, ingest_task, promote_task, register_task, start_run_task, train_task
+
+
+@flow(name="align-lifecycle")
+def lifecycle(config: dict) -> dict:
+    """Run every stage once for ``config`` (an AlignConfig as a dict, so deployments can pass it)."""
+    cfg = AlignConfig.model_validate(config)
+    logger = get_run_logger()
+    corpus, dataset = ingest_task(cfg)
+    logger.info(
+        "dataset %s: %d in, %d kept, %d rejected%s",
+        dataset.dataset_uri,
+        dataset.report["rows_in"],
+        dataset.report["rows_kept"],
+        dataset.report["rows_rejected"],
+        " (cached)" if dataset.cached else "",
+    )
+    run_id = start_run_task(cfg, dataset)
+    trained = train_task(cfg, dataset.kept_uri, run_id)
+    evaluation = evaluate_task(cfg, trained.artifact_dir, run_id, corpus)
+    version = register_task(cfg, run_id, trained.artifact_dir, corpus, dataset.manifest)
+    decision = promote_task(cfg, version, evaluation.metrics)
+    logger.info("model version %s: gate %s %s", version, "passed" if decision.passed else "failed", decision.reasons)
+    url = deploy_task(cfg) if decision.passed or decision.champion_version else ""
+    return {
+        "run_id": run_id,
+        "dataset_uri": dataset.dataset_uri,
+        "data_report": dataset.report,
+        "metrics": evaluation.metrics,
+        "model_name": cfg.registry.model_name,
+        "model_version": version,
+        "gate": decision.to_dict(),
+        "serving_url": url,
+    }

@@ -1,0 +1,130 @@
+"""The search service on a local Ray: deploy, search over HTTP, reject bad input, swap models live.
+
+Uses the fake registry/encoder from ``tests.serving_fakes``; replicas import it by module path, so
+pytest must run from the project root (as ``python -m pytest``).
+"""
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from components.config import RegistryConfig, ServeConfig
+from components.serving import client
+from components.serving.deploy import deploy, endpoint_url, shutdown_app
+from tests.serving_fakes import CAPTIONS, make_registry, set_alias
+
+pytestmark = pytest.mark.integration
+
+LOADERS = {"downloader": "tests.serving_fakes:download_model", "encoder_loader": "tests.serving_fakes:load_encoder"}
+MAX_K = 25
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, tmp_path_factory):
+    from ray import serve
+
+    root = make_registry(tmp_path_factory.mktemp("registry"), {"1": {}, "2": {"load_delay_s": 1.0}})
+    cfg = ServeConfig(host="127.0.0.1", port=_free_port(), app_name="align-test", max_k=MAX_K, ready_timeout_s=60)
+    registry_cfg = RegistryConfig(model_name="align")
+    url = deploy(cfg, registry_cfg, str(root), **LOADERS)  # unpinned: replicas resolve @champion
+    yield SimpleNamespace(url=url, cfg=cfg, registry_cfg=registry_cfg, root=root)
+    shutdown_app(cfg)
+    serve.shutdown()
+
+
+def test_healthz_reports_the_champion(served):
+    assert served.url == endpoint_url(served.cfg)
+    assert client.health(served.url) == {"status": "ok", "model_name": "align", "model_version": "1"}
+
+
+def test_search_returns_the_matching_item_first(served):
+    body = client.search(served.url, CAPTIONS[7], k=3)
+    assert body["model_name"] == "align" and body["model_version"] == "1"
+    hits = body["results"]
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert hits[0]["id"] == "item-7" and hits[0]["caption"] == CAPTIONS[7] and hits[0]["score"] > 0.99
+    assert all(a["score"] >= b["score"] for a, b in zip(hits, hits[1:]))
+
+
+def test_concurrent_queries_each_get_their_own_answer(served):
+    """Requests that share a @serve.batch call still get their own text and k."""
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: client.search(served.url, CAPTIONS[i], k=1 + i % MAX_K), range(16)))
+    for i, body in enumerate(answers):
+        assert len(body["results"]) == min(1 + i % MAX_K, len(CAPTIONS))
+        assert body["results"][0]["id"] == f"item-{i}"
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"text": "", "k": 5}, "text"),
+        ({"text": "   ", "k": 5}, "text"),
+        ({"text": "a cat", "k": 0}, "k"),
+        ({"text": "a cat", "k": MAX_K + 1}, "k"),
+        ({"k": 5}, "text"),
+        ({"text": ["a cat"], "k": 5}, "text"),
+        ({"text": "x" * 1001}, "text"),
+    ],
+)
+def test_bad_input_is_422(served, payload, field):
+    response = httpx.post(f"{served.url}/v1/search", json=payload, timeout=10)
+    assert response.status_code == 422, response.text
+    assert field in [d["loc"][-1] for d in response.json()["detail"]]
+
+
+def test_client_reports_rejections_clearly(served):
+    with pytest.raises(client.SearchError, match="k: Input should be greater than or equal to 1") as info:
+        client.search(served.url, "a cat", k=0)
+    assert info.value.status == 422
+
+
+def test_hot_swap_drops_no_requests(served):
+    """Promote version 2 and redeploy while clients keep querying: no errors, no torn answers."""
+    set_alias(served.root, "champion", "2")
+    stop, lock = threading.Event(), threading.Lock()
+    answers, failures = [], []
+
+    def query_loop(i: int) -> None:
+        deadline = time.monotonic() + 20
+        with httpx.Client(timeout=10, trust_env=False) as http:
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    r = http.post(f"{served.url}/v1/search", json={"text": CAPTIONS[i], "k": 2})
+                    body = r.json() if r.status_code == 200 else None
+                    top = body["results"][0] if body else None
+                    ok = top is not None and top["id"] == f"item-{i}" and top["score"] > 0.99
+                    with lock:
+                        (answers if ok else failures).append(body["model_version"] if ok else (r.status_code, r.text))
+                except httpx.HTTPError as exc:
+                    with lock:
+                        failures.append(repr(exc))
+                time.sleep(0.02)
+
+    with ThreadPoolExecutor(4) as pool:
+        loops = [pool.submit(query_loop, i) for i in (2, 6, 11, 17)]
+        time.sleep(0.5)
+        started = time.monotonic()
+        url = deploy(served.cfg, served.registry_cfg, str(served.root), model_version="2", **LOADERS)
+        swap_s = time.monotonic() - started
+        time.sleep(0.5)
+        stop.set()
+        for loop in loops:
+            loop.result()
+
+    assert failures == []
+    assert len(answers) >= 50, f"only {len(answers)} requests in {swap_s:.1f}s"
+    assert {"1", "2"} <= set(answers)
+    assert client.health(url)["model_version"] == "2"
+    assert client.search(url, CAPTIONS[3], k=1)["model_version"] == "2"

@@ -1,0 +1,109 @@
+"""ALIGN's filter rules: exact (strict) thresholds, robust decoding, near-duplicate hashing."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components.config import FilterConfig
+from components.data import rules, schema
+from components.data.decode import decode_caption, decode_image, dhash, resize_short_side
+
+CFG = FilterConfig()
+
+
+@pytest.mark.parametrize(
+    ("size", "rule"),
+    [
+        ((201, 201), None),
+        ((200, 300), schema.RULE_IMAGE_TOO_SMALL),  # shorter side must be > 200, not >= 200
+        ((201, 602), None),  # aspect 602/201 = 2.995 < 3 passes
+        ((201, 603), schema.RULE_IMAGE_ASPECT),  # exactly 3 fails (< 3 required)
+        ((603, 201), schema.RULE_IMAGE_ASPECT),
+    ],
+)
+def test_image_size_rule_is_strict(size, rule):
+    verdict = rules.image_size_rule(*size, CFG)
+    assert (verdict[0] if verdict else None) == rule
+
+
+def test_word_count_bounds_are_inclusive_3_to_20():
+    assert rules.word_count_rule("two words", CFG)[0] == schema.RULE_TEXT_TOO_FEW_WORDS
+    assert rules.word_count_rule("just three words", CFG) is None
+    assert rules.word_count_rule(" ".join(["w"] * 20), CFG) is None
+    assert rules.word_count_rule(" ".join(["w"] * 21), CFG)[0] == schema.RULE_TEXT_TOO_MANY_WORDS
+
+
+def test_frequency_rules_use_dataset_wide_counts():
+    assert rules.text_many_images_rule("image", {"image": 11}, CFG)[0] == schema.RULE_TEXT_MANY_IMAGES
+    assert rules.text_many_images_rule("a cat", {"image": 11}, CFG) is None
+    assert rules.image_many_texts_rule("abc", {"abc": 1001}, CFG)[0] == schema.RULE_IMAGE_MANY_TEXTS
+
+
+def test_rare_token_checks_unigrams_and_bigrams():
+    vocab = {"a", "red", "circle", "a red", "red circle"}
+    assert rules.rare_token_rule("a red circle", vocab, CFG) is None
+    assert rules.rare_token_rule("a red xq7z", vocab, CFG)[0] == schema.RULE_TEXT_RARE_TOKEN
+    assert rules.rare_token_rule("red a circle", vocab, CFG)[0] == schema.RULE_TEXT_RARE_TOKEN  # bigram "red a"
+
+
+def test_normalised_text_folds_case_and_space():
+    assert rules.normalise_text("  Click   HERE ") == "click here"
+
+
+def _jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def test_decode_handles_bad_files_without_raising():
+    assert decode_image(b"", 10**8)[1][0] == schema.RULE_IMAGE_UNDECODABLE
+    assert decode_image(b"not an image at all", 10**8)[1][0] == schema.RULE_IMAGE_UNDECODABLE
+    good = _jpeg(Image.new("RGB", (300, 300), "red"))
+    assert decode_image(good[:200], 10**8)[1][0] == schema.RULE_IMAGE_UNDECODABLE  # truncated
+    assert decode_image(good, 300 * 300 - 1)[1][0] == schema.RULE_IMAGE_TOO_LARGE  # bomb guard
+
+
+def test_decode_converts_modes_and_applies_exif_orientation():
+    for mode in ("P", "RGBA", "CMYK", "L"):
+        buffer = io.BytesIO()
+        Image.new(mode, (40, 20)).save(buffer, format="PNG" if mode != "CMYK" else "JPEG")
+        image, verdict = decode_image(buffer.getvalue(), 10**8)
+        assert verdict is None and image.mode == "RGB"
+    rotated = Image.new("RGB", (40, 20))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    buffer = io.BytesIO()
+    rotated.save(buffer, format="JPEG", exif=exif)
+    image, _ = decode_image(buffer.getvalue(), 10**8)
+    assert image.size == (20, 40)
+
+
+def test_animated_images_take_the_first_frame():
+    frames = [Image.new("RGB", (30, 30), colour) for colour in ("red", "blue")]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    image, verdict = decode_image(buffer.getvalue(), 10**8)
+    assert verdict is None and image.getpixel((5, 5))[0] > 200
+
+
+def test_caption_decoding_flags_non_utf8():
+    assert decode_caption("café".encode()) == ("café", None)
+    text, verdict = decode_caption(b"caf\xe9 \xff")
+    assert verdict[0] == schema.RULE_CAPTION_NOT_UTF8 and "caf" in text
+
+
+def test_dhash_survives_reencoding_but_separates_different_images():
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).resize((256, 256))
+    again = Image.open(io.BytesIO(_jpeg(base, quality=60)))
+    other = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).resize((256, 256))
+    eval_hashes = np.array([dhash(base)], dtype=np.uint64)
+    assert rules.near_duplicate_rule(dhash(again), eval_hashes, CFG)[0] == schema.RULE_NEAR_DUPLICATE_EVAL
+    assert rules.near_duplicate_rule(dhash(other), eval_hashes, CFG) is None
+
+
+def test_resize_short_side():
+    assert resize_short_side(Image.new("RGB", (800, 400)), 100).size == (200, 100)
