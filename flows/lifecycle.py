@@ -39,3 +39,11 @@ def lifecycle(config: dict) -> dict:
         "gate": decision.to_dict(),
         "serving_url": url,
     }
+
+
+@flow(name="align-retrain")
+def retrain(recipe: str = "configs/embedded.yaml", overrides: list[str] | None = None) -> dict:
+    """Entry point for scheduled deployments (prefect.yaml): load a recipe on the worker, then run."""
+    from components.config import load_config
+
+    return lifecycle(load_config(recipe, overrides or []).model_dump())

@@ -50,7 +50,8 @@ def write_artifact(
     artifact_dir: Path, salt: str, captions: list[str] = CAPTIONS, dim: int = DIM, load_delay_s: float = 0.0
 ) -> Path:
     (artifact_dir / "index").mkdir(parents=True, exist_ok=True)
-    (artifact_dir / "align_config.json").write_text(json.dumps({"salt": salt, "dim": dim, "load_delay_s": load_delay_s}))
+    config = {"salt": salt, "dim": dim, "load_delay_s": load_delay_s}
+    (artifact_dir / "align_config.json").write_text(json.dumps(config))
     np.save(artifact_dir / "index" / "embeddings.npy", fake_embed(captions, salt, dim), allow_pickle=False)
     items = [{"id": f"item-{i}", "caption": c, "uri": f"mem://corpus/{i}.png"} for i, c in enumerate(captions)]
     (artifact_dir / "index" / "items.json").write_text(json.dumps(items))

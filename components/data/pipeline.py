@@ -89,10 +89,11 @@ def _second_pass(batch: dict, cfg: FilterConfig, stats: CorpusStats, eval_hashes
         image = batch["image"][i]
         if not rule:
             verdict = (
+                # Image rules before text rules, as in the paper's §3.
                 rules.image_many_texts_rule(batch["image_sha256"][i], stats.heavy_images, cfg)
+                or rules.near_duplicate_rule(int(batch["dhash"][i]), eval_hashes, cfg)
                 or rules.text_many_images_rule(batch["text_norm"][i], stats.shared_texts, cfg)
                 or rules.rare_token_rule(batch["text"][i], stats.vocabulary, cfg)
-                or rules.near_duplicate_rule(int(batch["dhash"][i]), eval_hashes, cfg)
             )
             if verdict:
                 rule, detail = verdict

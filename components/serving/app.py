@@ -126,10 +126,20 @@ class SearchDeployment:
 
 def http_api(service: SearchDeployment) -> Any:
     """FastAPI routes over a replica; built per replica so the request model carries ``max_k``."""
-    from fastapi import FastAPI
+    from fastapi import FastAPI, Request
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
     request_model = search_request_model(service.max_k)
     api = FastAPI(title="ALIGN text-to-image search", version="1")
+
+    @api.exception_handler(RequestValidationError)
+    async def rejected(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default 422 echoes the offending input, which can be un-encodable (a lone
+        # surrogate from a JSON escape turned that 422 into a 500) or as large as the request.
+        errors = [{key: value for key, value in error.items() if key != "input"} for error in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
 
     @api.get("/healthz", response_model=HealthResponse)
     async def healthz() -> dict[str, str]:

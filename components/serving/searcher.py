@@ -70,7 +70,13 @@ class Searcher:
                     break
                 item = self.index.item(int(row))
                 hits.append(
-                    {"id": item.id, "score": float(score), "caption": item.caption, "uri": item.uri, "rank": len(hits) + 1}
+                    {
+                        "id": item.id,
+                        "score": float(score),
+                        "caption": item.caption,
+                        "uri": item.uri,
+                        "rank": len(hits) + 1,
+                    }
                 )
             out.append(hits)
         return out

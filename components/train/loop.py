@@ -78,7 +78,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
 
-    tokenizer = _materialise_tokenizer(loop_config["tokenizer_files"])
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # a resumed run keeps the vocabulary its weights were trained with
+        with checkpoint.as_directory() as directory:
+            tokenizer = load_tokenizer(os.path.join(directory, "tokenizer"))
+    else:
+        tokenizer = _materialise_tokenizer(loop_config["tokenizer_files"])
     model_cfg = cfg.model.model_copy(deep=True)
     model_cfg.text.vocab_size = len(tokenizer)
     model = AlignModel(model_cfg)
@@ -91,7 +96,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     scheduler = build_scheduler(optimizer, cfg.train.warmup_steps, cfg.train.steps)
 
     step = 0
-    checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         step = _restore(checkpoint, model, optimizer, scheduler)
     if step >= cfg.train.steps:

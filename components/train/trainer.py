@@ -41,6 +41,10 @@ def run_training(
     from ray.train.torch import TorchTrainer
 
     dataset = load_training_dataset(kept_uri)
+    if cfg.train.cache_shard:
+        # Small data: read it once now, while Ray Data can still get CPUs; once the workers hold
+        # theirs, iterating a materialised dataset needs no further read tasks.
+        dataset = dataset.materialize()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={

@@ -74,7 +74,7 @@ def test_bad_input_is_422_naming_the_field(http, payload, field):
     assert field in [d["loc"][-1] for d in response.json()["detail"]]
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"text=a"])
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"text=a", b'{"text": "a \\ud800 cat"}'])
 def test_malformed_body_is_422(http, content):
     assert http.post("/v1/search", content=content, headers={"content-type": "application/json"}).status_code == 422
 
@@ -127,7 +127,9 @@ def test_pinned_version_and_missing_version(registry):
 
 def test_encoder_index_dimension_mismatch_fails_at_load(registry):
     with pytest.raises(RuntimeError, match="index expects dimension 16"):
-        load_searcher(str(registry), "align", downloader=LOADERS["downloader"], encoder_loader=lambda d: FakeEncoder("v1", 8))
+        load_searcher(
+            str(registry), "align", downloader=LOADERS["downloader"], encoder_loader=lambda d: FakeEncoder("v1", 8)
+        )
 
 
 def test_resolve_callable():
