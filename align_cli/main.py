@@ -81,6 +81,7 @@ def _summary(result: dict, seconds: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     cfg = load_config(args.config, getattr(args, "overrides", []))
     _prepare_environment(cfg)
     config = cfg.model_dump()

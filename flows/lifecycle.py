@@ -28,7 +28,8 @@ def lifecycle(config: dict) -> dict:
     version = register_task(cfg, run_id, trained.artifact_dir, corpus, dataset.manifest)
     decision = promote_task(cfg, version, evaluation.metrics)
     logger.info("model version %s: gate %s %s", version, "passed" if decision.passed else "failed", decision.reasons)
-    url = deploy_task(cfg) if decision.passed or decision.champion_version else ""
+    champion = version if decision.passed else decision.champion_version
+    url = deploy_task(cfg, champion) if champion else ""
     return {
         "run_id": run_id,
         "dataset_uri": dataset.dataset_uri,

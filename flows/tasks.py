@@ -71,9 +71,10 @@ def promote_task(cfg: AlignConfig, version: str, metrics: dict):
 
 
 @task(name="deploy", cache_policy=NONE)
-def deploy_task(cfg: AlignConfig) -> str:
+def deploy_task(cfg: AlignConfig, model_version: str | None = None) -> str:
+    """Serve the champion; pinned to ``model_version`` when given, so readiness means *that* version."""
     from components.runtime.ray_cluster import connect
     from components.serving.deploy import deploy
 
     connect(cfg)
-    return deploy(cfg.serve, cfg.registry, cfg.storage.tracking_uri)
+    return deploy(cfg.serve, cfg.registry, cfg.storage.tracking_uri, model_version=model_version)

@@ -71,15 +71,14 @@ def _first_pass(batch: dict, cfg: FilterConfig) -> dict:
     }
 
 
-def _decodable(row: dict) -> bool:
-    """Rows that count towards corpus statistics: text and image decoded (size rules may still fail)."""
-    return row["reject_rule"] in (
-        "",
-        schema.RULE_IMAGE_TOO_SMALL,
-        schema.RULE_IMAGE_ASPECT,
-        schema.RULE_TEXT_TOO_FEW_WORDS,
-        schema.RULE_TEXT_TOO_MANY_WORDS,
-    )
+# Rows that count towards corpus statistics: text and image decoded (size rules may still fail).
+_DECODED_OUTCOMES = [
+    "",
+    schema.RULE_IMAGE_TOO_SMALL,
+    schema.RULE_IMAGE_ASPECT,
+    schema.RULE_TEXT_TOO_FEW_WORDS,
+    schema.RULE_TEXT_TOO_MANY_WORDS,
+]
 
 
 def _second_pass(batch: dict, cfg: FilterConfig, stats: CorpusStats, eval_hashes: np.ndarray) -> dict:
@@ -151,6 +150,7 @@ def run_filter(
     config_hash: str = "",
 ) -> FilterResult:
     import ray.data
+    from ray.data.expressions import col
 
     listing = list_sidecar_pairs(corpus_uri, source)
     if not listing:
@@ -159,16 +159,16 @@ def run_filter(
     raw = ray.data.from_items(listing).map_batches(partial(load_bytes, uri=corpus_uri), batch_size=64)
     first = raw.map_batches(partial(_first_pass, cfg=cfg), batch_size=64).materialize()
     partitions = cfg.shuffle_partitions or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    stats = compute_stats(first.filter(_decodable), cfg, partitions)
+    stats = compute_stats(first.filter(expr=col("reject_rule").is_in(_DECODED_OUTCOMES)), cfg, partitions)
     hashes = eval_hashes if eval_hashes is not None else np.zeros(0, np.uint64)
     second = first.map_batches(partial(_second_pass, cfg=cfg, stats=stats, eval_hashes=hashes), batch_size=64)
     second = second.materialize()
 
     kept_uri, rejects_uri = join_uri(output_uri, schema.KEPT_DIR), join_uri(output_uri, schema.REJECTS_DIR)
-    second.filter(lambda row: row["reject_rule"] == "").select_columns(schema.PAIR_COLUMNS).write_parquet(
+    second.filter(expr=col("reject_rule") == "").select_columns(schema.PAIR_COLUMNS).write_parquet(
         kept_uri, min_rows_per_file=cfg.rows_per_shard
     )
-    second.filter(lambda row: row["reject_rule"] != "").rename_columns(
+    second.filter(expr=col("reject_rule") != "").rename_columns(
         {"reject_rule": "rule", "reject_detail": "detail"}
     ).select_columns(schema.REJECT_COLUMNS).write_parquet(rejects_uri, min_rows_per_file=cfg.rows_per_shard)
     # The invariant is checked on what actually landed in storage, not on what we meant to write.

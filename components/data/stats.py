@@ -32,13 +32,14 @@ class CorpusStats:
 def _distinct_counts(dataset, group: str, other: str, threshold: int, partitions: int) -> dict[str, int]:
     """For each ``group`` value, the number of distinct ``other`` values, keeping those > threshold."""
     from ray.data.aggregate import CountDistinct
+    from ray.data.expressions import col
 
     column = f"distinct_{other}"
     counts = (
         dataset.select_columns([group, other])
         .groupby(group, num_partitions=partitions)
         .aggregate(CountDistinct(on=other, alias_name=column))
-        .filter(lambda row: row[column] > threshold)
+        .filter(expr=col(column) > threshold)
     )
     return {row[group]: int(row[column]) for row in counts.take_all()}
 

@@ -7,6 +7,7 @@ object; weights are safetensors inside the model's artifacts.
 from __future__ import annotations
 
 import io
+import warnings
 
 import mlflow.pyfunc
 import numpy as np
@@ -14,19 +15,23 @@ import numpy as np
 ARTIFACT_KEY = "align"
 
 
-class AlignPyfunc(mlflow.pyfunc.PythonModel):
-    def load_context(self, context) -> None:
-        from components.model.artifact import load_encoder
+# MLflow warns at class creation when ``predict`` lacks type hints; our signature is explicit instead.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*type hints.*")
 
-        self.encoder = load_encoder(context.artifacts[ARTIFACT_KEY])
+    class AlignPyfunc(mlflow.pyfunc.PythonModel):
+        def load_context(self, context) -> None:
+            from components.model.artifact import load_encoder
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
-        """``text`` column -> text embeddings; else ``image`` column (encoded bytes) -> image embeddings."""
-        from PIL import Image
+            self.encoder = load_encoder(context.artifacts[ARTIFACT_KEY])
 
-        columns = getattr(model_input, "columns", [])
-        if "text" in columns and model_input["text"].notna().all():
-            return self.encoder.encode_texts([str(t) for t in model_input["text"]])
-        if "image" in columns:
-            return self.encoder.encode_images([Image.open(io.BytesIO(b)).convert("RGB") for b in model_input["image"]])
-        raise ValueError("model input needs a 'text' column (strings) or an 'image' column (encoded image bytes)")
+        def predict(self, context, model_input, params=None) -> np.ndarray:
+            """``text`` column -> text embeddings; else ``image`` column (encoded bytes) -> image embeddings."""
+            from PIL import Image
+
+            columns = getattr(model_input, "columns", [])
+            if "text" in columns and model_input["text"].notna().all():
+                return self.encoder.encode_texts([str(t) for t in model_input["text"]])
+            if "image" in columns:
+                return self.encoder.encode_images([Image.open(io.BytesIO(b)).convert("RGB") for b in model_input["image"]])
+            raise ValueError("model input needs a 'text' column (strings) or an 'image' column (encoded image bytes)")

@@ -92,7 +92,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     mean, std = model.image_tower.mean, model.image_tower.std
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
-    optimizer = build_optimizer(cfg.train.optimizer, model.parameters(), cfg.train.lr, cfg.train.weight_decay)
+    optimizer = build_optimizer(cfg.train.optimizer, model, cfg.train.lr, cfg.train.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.train.warmup_steps, cfg.train.steps)
 
     step = 0

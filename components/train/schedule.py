@@ -19,12 +19,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
     )
 
 
-def build_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """LAMB is the paper's optimiser (timm ships one); AdamW for ablations and tiny CPU runs."""
-    if name == "lamb":
-        from timm.optim import Lamb
+def build_optimizer(name: str, model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """LAMB is the paper's optimiser (timm ships one); AdamW for ablations.
 
-        return Lamb(params, lr=lr, weight_decay=weight_decay)
+    Biases, norms and the temperature (all <= 1-d) get no weight decay, the usual practice; in timm's
+    LAMB that also exempts them from the layer-wise trust ratio, which would otherwise scale the
+    scalar temperature's step by its own magnitude and make it drift.
+    """
+    from timm.optim import Lamb, param_groups_weight_decay
+
+    groups = param_groups_weight_decay(model, weight_decay)
+    if name == "lamb":
+        return Lamb(groups, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r} (expected 'lamb' or 'adamw')")

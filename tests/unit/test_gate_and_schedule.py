@@ -31,9 +31,14 @@ def test_schedule_warms_up_linearly_then_decays_to_zero():
     assert warmup_linear_decay(100, 10, 100) == 0.0
 
 
-def test_optimizers():
-    params = [torch.nn.Parameter(torch.zeros(2))]
-    assert type(build_optimizer("lamb", params, 1e-3, 1e-5)).__name__ == "Lamb"
-    assert isinstance(build_optimizer("adamw", params, 1e-3, 1e-5), torch.optim.AdamW)
+def test_optimizers_exempt_biases_norms_and_temperature_from_weight_decay():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    model.log_temperature = torch.nn.Parameter(torch.tensor(0.0))
+    lamb = build_optimizer("lamb", model, 1e-3, 1e-5)
+    assert type(lamb).__name__ == "Lamb"
+    decay = {id(p): g["weight_decay"] for g in lamb.param_groups for p in g["params"]}
+    assert decay[id(model[0].weight)] == 1e-5
+    assert decay[id(model[0].bias)] == decay[id(model[1].weight)] == decay[id(model.log_temperature)] == 0.0
+    assert isinstance(build_optimizer("adamw", model, 1e-3, 1e-5), torch.optim.AdamW)
     with pytest.raises(ValueError):
-        build_optimizer("sgd", params, 1e-3, 0)
+        build_optimizer("sgd", model, 1e-3, 0)

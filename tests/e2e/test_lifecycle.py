@@ -1,0 +1,108 @@
+"""The whole lifecycle as a Prefect flow on a tiny corpus, twice: champion, then a gated challenger."""
+
+import os
+import socket
+
+import httpx
+import mlflow
+import pytest
+
+from components.config import load_config
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+TINY = [
+    "corpus.num_scenes=320",
+    "corpus.eval_scenes=40",
+    "corpus.classify_per_class=3",
+    "corpus.many_texts_per_image=12",
+    "filter.max_texts_per_image=10",
+    "filter.vocab_top_n=400",
+    "filter.resize_short_side=40",
+    "model.train_preprocess=resize_short(40)|random_crop(32)|flip_lr",
+    "model.eval_preprocess=resize_short(40)|center_crop(32)",
+    "model.text.hidden_size=32",
+    "model.text.num_layers=1",
+    "model.text.num_heads=2",
+    "model.text.intermediate_size=64",
+    "model.text.tokenizer_vocab_size=300",
+    "train.global_batch_size=32",
+    "train.steps=6",
+    "train.checkpoint_every=6",
+    "train.log_every=3",
+    "train.warmup_steps=2",
+    "eval.batch_size=64",
+    "gate.min_metrics={}",  # a 6-step model cannot promise quality; the floors are tested in unit tests
+]
+
+
+@pytest.fixture(scope="module")
+def lifecycle_runs(ray_session, ray_home):
+    os.environ["PREFECT_HOME"] = str(ray_home / "prefect")
+    from flows.lifecycle import lifecycle
+
+    port = _free_port()
+    common = [f"storage.home={ray_home}", f"serve.port={port}", *TINY]
+    first = lifecycle(load_config(None, common).model_dump())
+    second = lifecycle(load_config(None, [*common, "seed=2"]).model_dump())
+    cfg = load_config(None, common)
+    return cfg, first, second
+
+
+def test_first_run_ingests_trains_registers_promotes_and_serves(lifecycle_runs):
+    cfg, first, _ = lifecycle_runs
+    report = first["data_report"]
+    assert report["rows_in"] == report["rows_kept"] + report["rows_rejected"]
+    assert report["rejected_by_rule"]["image_undecodable"] >= 1  # the corpus' corrupt images
+    assert report["rejected_by_rule"]["caption_not_utf8"] >= 1  # and its non-UTF-8 captions
+    for name in ("retrieval/text_to_image/R_at_1", "retrieval/image_to_text/R_at_10", "classification/acc1"):
+        assert 0.0 <= first["metrics"][name] <= 1.0
+    assert first["model_version"] == "1" and first["gate"]["passed"]
+    assert first["serving_url"] == f"http://127.0.0.1:{cfg.serve.port}"
+
+
+def test_registry_holds_lineage_and_aliases(lifecycle_runs):
+    cfg, first, second = lifecycle_runs
+    client = mlflow.MlflowClient(cfg.storage.tracking_uri)
+    model = client.get_registered_model(cfg.registry.model_name)
+    assert str(model.aliases["challenger"]) == "2"
+    version = client.get_model_version(cfg.registry.model_name, "1")
+    for tag in ("align.dataset_content_hash", "align.config_hash", "align.git_commit"):
+        assert version.tags[tag]
+    run = client.get_run(first["run_id"])
+    assert run.inputs.dataset_inputs, "the run links to the dataset it trained on"
+    assert "train/loss" in run.data.metrics and "retrieval/mean_recall" in run.data.metrics
+    # The model loads through MLflow's pyfunc flavour (from code, safetensors inside) and embeds text.
+    import pandas as pd
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{cfg.registry.model_name}@challenger")
+    assert pyfunc.predict(pd.DataFrame({"text": ["a red circle"]})).shape[0] == 1
+
+
+def test_second_run_is_gated_against_the_first_champion(lifecycle_runs):
+    cfg, first, second = lifecycle_runs
+    assert second["model_version"] == "2"
+    assert second["gate"]["champion_version"] == "1"
+    champion = mlflow.MlflowClient(cfg.storage.tracking_uri).get_model_version_by_alias(cfg.registry.model_name, "champion")
+    assert str(champion.version) == ("2" if second["gate"]["passed"] else "1")
+    # The data stage was cached: same corpus and filter settings, same dataset.
+    assert second["dataset_uri"] == first["dataset_uri"]
+
+
+def test_serving_answers_after_the_flow_returned(lifecycle_runs):
+    cfg, _, second = lifecycle_runs
+    url = f"http://127.0.0.1:{cfg.serve.port}"
+    health = httpx.get(f"{url}/healthz", timeout=30).json()
+    champion = mlflow.MlflowClient(cfg.storage.tracking_uri).get_model_version_by_alias(cfg.registry.model_name, "champion")
+    assert health["status"] == "ok" and health["model_version"] == str(champion.version)
+    body = httpx.post(f"{url}/v1/search", json={"text": "a red circle on the left", "k": 5}, timeout=30).json()
+    assert len(body["results"]) == 5 and body["model_version"] == str(champion.version)
+    assert {"id", "score", "caption"} <= set(body["results"][0])
+    assert httpx.post(f"{url}/v1/search", json={"text": "  ", "k": 5}, timeout=30).status_code == 422

@@ -1,0 +1,36 @@
+"""The command line: one verb per stage, recipes + overrides, no side effects before a verb runs."""
+
+import subprocess
+import sys
+
+import pytest
+
+from align_cli.main import _parser, main
+
+
+def test_every_lifecycle_stage_has_a_verb():
+    verbs = set(_parser()._subparsers._group_actions[0].choices)
+    assert {"run", "ingest", "train", "evaluate", "promote", "serve", "search", "down", "config"} <= verbs
+
+
+def test_config_verb_prints_the_resolved_tree_with_overrides(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ALIGN_HOME", str(tmp_path))
+    assert main(["config", "seed=7", "train.steps=3"]) == 0
+    out = capsys.readouterr().out
+    assert "seed: 7" in out and "steps: 3" in out and f"home: {tmp_path}" in out
+
+
+def test_bad_override_is_refused_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGN_HOME", str(tmp_path))
+    with pytest.raises(Exception, match="stepz"):
+        main(["config", "train.stepz=3"])
+
+
+def test_importing_the_cli_starts_nothing():
+    """No Ray, Prefect or MLflow import (let alone a server) just from importing the CLI and library."""
+    code = (
+        "import sys, align_cli.main, components.config, components.data.pipeline, components.train.loop;"
+        "print(sorted(m for m in ('ray', 'prefect', 'mlflow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
