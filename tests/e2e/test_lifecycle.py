@@ -53,7 +53,10 @@ def lifecycle_runs(ray_session, ray_home):
     first = lifecycle(load_config(None, common).model_dump())
     second = lifecycle(load_config(None, [*common, "seed=2"]).model_dump())
     cfg = load_config(None, common)
-    return cfg, first, second
+    yield cfg, first, second
+    from ray import serve
+
+    serve.shutdown()  # the session's Ray is shared: leave no app (or fixed HTTP port) behind
 
 
 def test_first_run_ingests_trains_registers_promotes_and_serves(lifecycle_runs):

@@ -162,7 +162,8 @@ def test_app_builder_for_declarative_configs_needs_no_cluster():
 
     from components.serving.app import app_builder
 
+    connected_before = ray.is_initialized()  # a session's Ray may already be up; building must not start one
     app = app_builder({"tracking_uri": "sqlite:////tmp/x.db", "serve": {"num_replicas": 2}, "model_version": "4"})
-    assert isinstance(app, Application) and not ray.is_initialized()
+    assert isinstance(app, Application) and ray.is_initialized() == connected_before
     with pytest.raises(ValueError, match="tracking_uri"):
         app_builder({})
