@@ -214,17 +214,20 @@ def resolve_home(home: str = "") -> str:
 
 
 def resolve_storage(storage: StorageConfig) -> StorageConfig:
-    """Fill unset locations from the state folder."""
+    """Fill unset locations from the state folder.
+
+    With a remote home (``s3://``), data, checkpoints and artifacts go there, while the SQLite
+    database and Prefect's home, which must be local files, stay in ``./.align``.
+    """
     home = resolve_home(storage.home)
-    local_home = "://" not in home
+    local_state = resolve_home(".align") if "://" in home else home
     return StorageConfig(
         home=home,
-        tracking_uri=storage.tracking_uri
-        or (f"sqlite:///{home}/mlflow.db" if local_home else f"sqlite:///{resolve_home('.align')}/mlflow.db"),
+        tracking_uri=storage.tracking_uri or f"sqlite:///{local_state}/mlflow.db",
         artifact_uri=storage.artifact_uri or _join(home, "mlartifacts"),
         datasets_uri=storage.datasets_uri or _join(home, "datasets"),
         checkpoints_uri=storage.checkpoints_uri or _join(home, "checkpoints"),
-        prefect_home=storage.prefect_home or _join(home if local_home else resolve_home(".align"), "prefect"),
+        prefect_home=storage.prefect_home or _join(local_state, "prefect"),
     )
 
 
