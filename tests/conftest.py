@@ -17,6 +17,8 @@ for _key, _value in {
     "HF_HUB_OFFLINE": "1",
     "RAY_AUTH_MODE": "token",
     "TOKENIZERS_PARALLELISM": "false",
+    # Prefect logs "stopping temporary server" at interpreter exit, after pytest closed its streams.
+    "PREFECT_LOGGING_LEVEL": "WARNING",
 }.items():
     os.environ.setdefault(_key, _value)
 
