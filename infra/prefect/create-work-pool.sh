@@ -15,11 +15,8 @@
 set -euo pipefail
 
 POOL="${1:-align-pool}"
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-PREFECT="${PREFECT_BIN:-}"
-if [[ -z "$PREFECT" ]]; then
-  if [[ -x "$ROOT/.venv/bin/prefect" ]]; then PREFECT="$ROOT/.venv/bin/prefect"; else PREFECT="prefect"; fi
-fi
+# shellcheck source=infra/prefect/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 if [[ -z "${PREFECT_API_URL:-}" ]]; then
   PREFECT_API_URL="$("$PREFECT" config view --show-defaults 2>/dev/null | sed -n "s/^PREFECT_API_URL='\(.*\)'.*/\1/p" | head -n1)"

@@ -15,11 +15,8 @@
 set -euo pipefail
 
 POOL="${1:-align-pool}"
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-PREFECT="${PREFECT_BIN:-}"
-if [[ -z "$PREFECT" ]]; then
-  if [[ -x "$ROOT/.venv/bin/prefect" ]]; then PREFECT="$ROOT/.venv/bin/prefect"; else PREFECT="prefect"; fi
-fi
+# shellcheck source=infra/prefect/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 export ALIGN_PROJECT_DIR="${ALIGN_PROJECT_DIR:-$ROOT}"
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"   # Ray 2.60's default; keep it on
