@@ -75,9 +75,8 @@ def eval_image_hashes(retrieval_json: str, split: str) -> np.ndarray:
 
 def ingest(cfg: AlignConfig, corpus: CorpusPaths | None = None) -> IngestResult:
     corpus = corpus or prepare_corpus(cfg)
-    key = f"{cfg.corpus.kind}-{cfg.section_hash('corpus', 'filter')}"
-    if cfg.corpus.kind != "synthetic":
-        key = f"{Path(corpus.train_uri.rstrip('/')).name}-{cfg.section_hash('corpus', 'filter')}"
+    name = "synthetic" if cfg.corpus.kind == "synthetic" else Path(corpus.train_uri.rstrip("/")).name
+    key = f"{name}-{cfg.section_hash('corpus', 'filter')}"
     dataset_uri = join_uri(cfg.storage.datasets_uri, key)
     manifest_uri = join_uri(dataset_uri, schema.MANIFEST_FILE)
     if exists(manifest_uri):

@@ -17,7 +17,7 @@ import torch
 
 from components.config import AlignConfig
 from components.model.align import AlignModel
-from components.model.artifact import save_artifact, unwrap
+from components.model.artifact import TOKENIZER_DIR, WEIGHTS_FILE, save_artifact, unwrap
 from components.model.loss import ContrastiveLoss
 from components.model.tokenizer import load_tokenizer
 from components.train.batches import BatchBuilder
@@ -49,7 +49,7 @@ def _restore(checkpoint, model, optimizer, scheduler) -> int:
     from safetensors.torch import load_file
 
     with checkpoint.as_directory() as directory:
-        unwrap(model).load_state_dict(load_file(os.path.join(directory, "model.safetensors")))
+        unwrap(model).load_state_dict(load_file(os.path.join(directory, WEIGHTS_FILE)))
         state = torch.load(os.path.join(directory, STATE_FILE), weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -81,7 +81,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a resumed run keeps the vocabulary its weights were trained with
         with checkpoint.as_directory() as directory:
-            tokenizer = load_tokenizer(os.path.join(directory, "tokenizer"))
+            tokenizer = load_tokenizer(os.path.join(directory, TOKENIZER_DIR))
     else:
         tokenizer = _materialise_tokenizer(loop_config["tokenizer_files"])
     model_cfg = cfg.model.model_copy(deep=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.config import AlignConfig
+from components.model.artifact import WEIGHTS_FILE
 from components.train.trainer import TrainResult, run_training
 
 MODEL_ARTIFACT_PATH = "align_model"
@@ -27,7 +28,7 @@ def model_dir_for_run(cfg: AlignConfig, run_id: str) -> str:
     import mlflow
 
     local = Path(cfg.storage.home) / "models" / run_id
-    if (local / "model.safetensors").is_file():
+    if (local / WEIGHTS_FILE).is_file():
         return str(local)
     mlflow.set_tracking_uri(cfg.storage.tracking_uri)
     return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT_PATH, dst_path=str(local.parent / f"{run_id}-download"))
