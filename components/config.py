@@ -37,11 +37,34 @@ class StorageConfig(_Section):
     prefect_home: str = ""  # default: <home>/prefect
 
 
-class CorpusConfig(_Section):
-    """The embedded synthetic corpus: noisy train pairs, a clean eval split, a labelled set."""
+SourceFormat = Literal["sidecar", "webdataset", "img2dataset_parquet", "table", "html", "svg"]
 
-    kind: Literal["synthetic", "sidecar_folder"] = "synthetic"
-    path: str = ""  # sidecar folder to ingest when kind == sidecar_folder; default <home>/corpus
+
+class SourceConfig(_Section):
+    """One input of the data stage: a local folder/file or ``s3://`` URI in one supported format.
+
+    ``sidecar``: ``name.jpg`` + ``name.txt``; ``webdataset``: img2dataset's tar shards; ``img2dataset_parquet``:
+    img2dataset's parquet output (image bytes inside); ``table``: CSV/TSV/Parquet of (image path, caption);
+    ``html``: ``<img alt>`` pairs harvested from crawled pages; ``svg``: SVGs with RDF metadata (openclipart).
+    """
+
+    name: str  # prefix of every key from this source; one line per source in report.json
+    format: SourceFormat
+    path: str  # folder, file or s3:// URI
+    # table: which columns hold the image path and the caption; paths resolve inside ``root``.
+    image_column: str = "image_path"
+    caption_column: str = "caption"
+    root: str = ""  # table/html: image paths must stay inside this folder; default: the source folder
+    svg_render_size: int = 256  # svg: the rendered image's shorter side, in pixels
+    svg_caption: Literal["title", "title_keywords", "title_description"] = "title_keywords"
+    max_files: int = 0  # 0: every file; otherwise the first N (sorted) for a quick trial
+
+
+class CorpusConfig(_Section):
+    """What the data stage reads: the embedded synthetic corpus, or a list of real sources."""
+
+    kind: Literal["synthetic", "sources"] = "synthetic"
+    sources: list[SourceConfig] = []  # read when kind == sources; rows from all of them are filtered together
     num_scenes: int = 6000  # clean scenes before noise is injected
     image_size: int = 240  # generated side length; > the paper's 200 px so clean images pass
     eval_scenes: int = 500
@@ -63,9 +86,27 @@ class CorpusConfig(_Section):
     non_utf8_captions: int = 3
 
 
+# The paper's filters can each be switched off; decoding checks (missing, unreadable, undecodable,
+# bombs, unsafe files) cannot, because a record that fails them has nothing to train on.
+SwitchableRule = Literal[
+    "nsfw",
+    "image_too_small",
+    "image_aspect_ratio",
+    "image_too_many_texts",
+    "near_duplicate_of_eval",
+    "text_shared_by_too_many_images",
+    "text_rare_token",
+    "text_too_few_words",
+    "text_too_many_words",
+]
+
+
 class FilterConfig(_Section):
     """ALIGN's filters (paper §3). Inequalities are strict, as in the paper."""
 
+    disabled_rules: list[SwitchableRule] = []
+    nsfw_threshold: float = 0.8  # reject when open_nsfw's score is >= this (needs the ``nsfw`` extra)
+    nsfw_batch_size: int = 32
     min_short_side: int = 200  # keep shorter side > this
     max_aspect_ratio: float = 3.0  # keep aspect ratio < this
     max_texts_per_image: int = 1000  # drop images carrying > this many distinct alt-texts
@@ -73,12 +114,16 @@ class FilterConfig(_Section):
     vocab_top_n: int = 100_000_000  # rare-token rule: top-N unigrams+bigrams of the raw corpus
     min_words: int = 3  # drop alt-texts with < this many unigrams
     max_words: int = 20  # ... or > this many
-    near_duplicate_max_distance: int = 4  # Hamming distance on a 64-bit dHash; -1 disables
+    near_duplicate_max_distance: int = 4  # Hamming distance on a 64-bit dHash
     max_image_pixels: int = 89_478_485  # decompression-bomb guard (Pillow's default)
     resize_short_side: int = 346  # kept images are stored resized for training (paper: 346)
     jpeg_quality: int = 90
     rows_per_shard: int = 2000
-    shuffle_partitions: int = 0  # hash partitions of the statistics group-bys; 0: the cluster's CPUs
+    batch_size: int = 64  # rows per Ray Data batch in the decode pass
+    shuffle_partitions: int = 0  # hash partitions of the statistics group-bys/joins; 0: the cluster's CPUs
+
+    def enabled(self, rule: str) -> bool:
+        return rule not in self.disabled_rules
 
 
 class TextTowerConfig(_Section):

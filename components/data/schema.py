@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-# Pairs table (what readers produce after decoding).
+# Raw records: what every source reader yields, before decoding. ``caption_raw`` is bytes because
+# the encoding is checked downstream; readers that already decoded text (HTML, SVG) store UTF-8.
+# A reader that cannot produce a pair still yields a record, with ``reject_rule`` set, so nothing is lost.
+RAW_COLUMNS = ["key", "source", "locator", "image", "caption_raw", "reject_rule", "reject_detail"]
+
+# Pairs table (what the filter keeps, after decoding).
 PAIR_COLUMNS = ["key", "image", "text", "source", "locator", "width", "height", "image_sha256"]
 # Rejects table: enough to find the original record and to see why it was dropped.
 REJECT_COLUMNS = ["key", "locator", "source", "rule", "detail", "text", "width", "height", "image_sha256"]
@@ -16,9 +21,12 @@ MANIFEST_FILE = "manifest.json"
 RULE_MISSING_IMAGE = "missing_image"
 RULE_MISSING_CAPTION = "missing_caption"
 RULE_UNREADABLE = "unreadable_file"
+RULE_OUTSIDE_ROOT = "image_outside_corpus"  # a path or src that escapes the corpus root, or a URL
+RULE_UNSAFE_FILE = "unsafe_file"  # e.g. XML with entity declarations (billion laughs)
 RULE_CAPTION_NOT_UTF8 = "caption_not_utf8"
 RULE_IMAGE_UNDECODABLE = "image_undecodable"
 RULE_IMAGE_TOO_LARGE = "image_too_many_pixels"
+RULE_NSFW = "nsfw"
 RULE_IMAGE_TOO_SMALL = "image_too_small"
 RULE_IMAGE_ASPECT = "image_aspect_ratio"
 RULE_TEXT_TOO_FEW_WORDS = "text_too_few_words"
@@ -32,11 +40,14 @@ ALL_RULES = [
     RULE_MISSING_IMAGE,
     RULE_MISSING_CAPTION,
     RULE_UNREADABLE,
+    RULE_OUTSIDE_ROOT,
+    RULE_UNSAFE_FILE,
     RULE_CAPTION_NOT_UTF8,
     RULE_IMAGE_UNDECODABLE,
     RULE_IMAGE_TOO_LARGE,
     RULE_IMAGE_TOO_SMALL,
     RULE_IMAGE_ASPECT,
+    RULE_NSFW,
     RULE_TEXT_TOO_FEW_WORDS,
     RULE_TEXT_TOO_MANY_WORDS,
     RULE_IMAGE_MANY_TEXTS,
