@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from components.data import schema
 
@@ -28,7 +29,13 @@ def decode_caption(raw: bytes) -> tuple[str, Verdict]:
         return shown, (schema.RULE_CAPTION_NOT_UTF8, f"caption is not UTF-8: {err.reason} at byte {err.start}")
 
 
-def decode_image(data: bytes, max_pixels: int) -> tuple[Image.Image | None, Verdict]:
+def decode_image(data: bytes, max_pixels: int, min_short_side: int = 0) -> tuple[Image.Image | None, Verdict]:
+    """Decode to RGB; ``width``/``height`` of the *original* are in ``image.info["original_size"]``.
+
+    ``min_short_side`` > 0 lets JPEG decoding use draft mode (DCT scaling): the decoder skips detail
+    that a resize to that shorter side would throw away anyway, which is most of the decode cost for
+    large web photos (DESIGN.md §8).
+    """
     if not data:
         return None, (schema.RULE_IMAGE_UNDECODABLE, "empty file")
     try:
@@ -39,12 +46,33 @@ def decode_image(data: bytes, max_pixels: int) -> tuple[Image.Image | None, Verd
             width, height = image.size
             if width * height > max_pixels:
                 return None, (schema.RULE_IMAGE_TOO_LARGE, f"{width}x{height} exceeds {max_pixels} pixels")
+            if width <= 0 or height <= 0:
+                return None, (schema.RULE_IMAGE_UNDECODABLE, f"degenerate size {width}x{height}")
             image.seek(0)  # animated images: the first frame
+            if min_short_side > 0 and image.format == "JPEG":
+                scale = min_short_side / min(width, height)
+                if scale < 1:
+                    image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
             image.load()
-        image = ImageOps.exif_transpose(image)
-        return image.convert("RGB"), None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            # EXIF orientations 5-8 swap the sides; the size rules see the image as displayed.
+            swapped = image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+        image = _to_rgb(ImageOps.exif_transpose(image))
+        image.info["original_size"] = (height, width) if swapped else (width, height)
+        return image, None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as err:
         return None, (schema.RULE_IMAGE_UNDECODABLE, f"{type(err).__name__}: {err}"[:300])
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for any mode; transparency becomes white (clip art and logos are drawn on a page, not on black)."""
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def sha256_hex(data: bytes) -> str:

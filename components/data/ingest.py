@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.config import AlignConfig
+from components.config import AlignConfig, SourceConfig
 from components.data import schema
 from components.data.decode import decode_image, dhash
 from components.data.pipeline import run_filter
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CorpusPaths:
-    train_uri: str  # raw pairs to ingest (sidecar folder)
+    sources: list[SourceConfig]  # raw pairs to ingest
     retrieval_json: str  # Karpathy-style eval split
     classification_dir: str  # ImageFolder zero-shot classification set
 
@@ -48,15 +48,15 @@ def prepare_corpus(cfg: AlignConfig) -> CorpusPaths:
             log.info("generating the embedded synthetic corpus under %s", root)
             generate_corpus(cfg.corpus, root)
         return CorpusPaths(
-            train_uri=str(root / "train"),
+            sources=[SourceConfig(name="synthetic", format="sidecar", path=str(root / "train"))],
             retrieval_json=cfg.eval.retrieval_json or str(root / "eval" / "dataset.json"),
             classification_dir=cfg.eval.classification_dir or str(root / "classify"),
         )
-    if not cfg.corpus.path:
-        raise ValueError("corpus.kind=sidecar_folder needs corpus.path (a local folder or s3:// URI)")
+    if not cfg.corpus.sources:
+        raise ValueError("corpus.kind=sources needs corpus.sources: a list of {name, format, path}")
     if not cfg.eval.retrieval_json:
         raise ValueError("a real corpus needs eval.retrieval_json (a Karpathy-split JSON) to evaluate against")
-    return CorpusPaths(cfg.corpus.path, cfg.eval.retrieval_json, cfg.eval.classification_dir)
+    return CorpusPaths(list(cfg.corpus.sources), cfg.eval.retrieval_json, cfg.eval.classification_dir)
 
 
 def eval_image_hashes(retrieval_json: str, split: str) -> np.ndarray:
@@ -75,7 +75,7 @@ def eval_image_hashes(retrieval_json: str, split: str) -> np.ndarray:
 
 def ingest(cfg: AlignConfig, corpus: CorpusPaths | None = None) -> IngestResult:
     corpus = corpus or prepare_corpus(cfg)
-    name = "synthetic" if cfg.corpus.kind == "synthetic" else Path(corpus.train_uri.rstrip("/")).name
+    name = "-".join(s.name for s in corpus.sources)[:60]
     key = f"{name}-{cfg.section_hash('corpus', 'filter')}"
     dataset_uri = join_uri(cfg.storage.datasets_uri, key)
     manifest_uri = join_uri(dataset_uri, schema.MANIFEST_FILE)
@@ -87,11 +87,6 @@ def ingest(cfg: AlignConfig, corpus: CorpusPaths | None = None) -> IngestResult:
         raise FileExistsError(f"{dataset_uri} holds an incomplete dataset (no manifest); remove it and rerun")
     hashes = eval_image_hashes(corpus.retrieval_json, cfg.eval.retrieval_split)
     result = run_filter(
-        corpus.train_uri,
-        dataset_uri,
-        cfg.filter,
-        source=cfg.corpus.kind,
-        eval_hashes=hashes,
-        config_hash=cfg.section_hash("filter"),
+        corpus.sources, dataset_uri, cfg.filter, eval_hashes=hashes, config_hash=cfg.section_hash("filter")
     )
     return IngestResult(dataset_uri, result.manifest["kept_uri"], result.report, result.manifest, cached=False)

@@ -7,8 +7,6 @@ statistics computed by ``components.data.stats`` in the first pass.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
-
 import numpy as np
 
 from components.config import FilterConfig
@@ -33,13 +31,23 @@ def ngrams(text: str) -> list[str]:
     return tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]
 
 
-def image_size_rule(width: int, height: int, cfg: FilterConfig) -> Verdict:
-    short, long = min(width, height), max(width, height)
+def short_side_rule(width: int, height: int, cfg: FilterConfig) -> Verdict:
+    short = min(width, height)
     if not short > cfg.min_short_side:
         return schema.RULE_IMAGE_TOO_SMALL, f"shorter side {short} px is not > {cfg.min_short_side}"
-    aspect = long / short
+    return None
+
+
+def aspect_rule(width: int, height: int, cfg: FilterConfig) -> Verdict:
+    aspect = max(width, height) / max(1, min(width, height))
     if not aspect < cfg.max_aspect_ratio:
-        return schema.RULE_IMAGE_ASPECT, f"aspect ratio {aspect:.2f} is not < {cfg.max_aspect_ratio}"
+        return schema.RULE_IMAGE_ASPECT, f"aspect ratio {aspect:.3f} is not < {cfg.max_aspect_ratio}"
+    return None
+
+
+def nsfw_rule(score: float, cfg: FilterConfig) -> Verdict:
+    if score >= cfg.nsfw_threshold:
+        return schema.RULE_NSFW, f"open_nsfw score {score:.3f} >= {cfg.nsfw_threshold}"
     return None
 
 
@@ -52,31 +60,8 @@ def word_count_rule(text: str, cfg: FilterConfig) -> Verdict:
     return None
 
 
-def image_many_texts_rule(image_sha256: str, heavy_images: dict[str, int], cfg: FilterConfig) -> Verdict:
-    if image_sha256 in heavy_images:
-        return schema.RULE_IMAGE_MANY_TEXTS, (
-            f"image carries {heavy_images[image_sha256]} distinct alt-texts > {cfg.max_texts_per_image}"
-        )
-    return None
-
-
-def text_many_images_rule(text_norm: str, shared_texts: dict[str, int], cfg: FilterConfig) -> Verdict:
-    if text_norm in shared_texts:
-        return schema.RULE_TEXT_MANY_IMAGES, (
-            f"alt-text shared by {shared_texts[text_norm]} images > {cfg.max_images_per_text}"
-        )
-    return None
-
-
-def rare_token_rule(text: str, vocabulary: Collection[str], cfg: FilterConfig) -> Verdict:
-    for gram in ngrams(text):
-        if gram not in vocabulary:
-            return schema.RULE_TEXT_RARE_TOKEN, f"{gram!r} is outside the top {cfg.vocab_top_n} unigrams+bigrams"
-    return None
-
-
 def near_duplicate_rule(dhash: int, eval_hashes: np.ndarray, cfg: FilterConfig) -> Verdict:
-    if cfg.near_duplicate_max_distance < 0 or eval_hashes.size == 0:
+    if eval_hashes.size == 0:
         return None
     distances = np.bitwise_count(eval_hashes ^ np.uint64(dhash))
     nearest = int(distances.argmin())
@@ -85,3 +70,19 @@ def near_duplicate_rule(dhash: int, eval_hashes: np.ndarray, cfg: FilterConfig) 
             f"dHash distance {int(distances[nearest])} <= {cfg.near_duplicate_max_distance} to eval image #{nearest}"
         )
     return None
+
+
+# Dataset-wide rules: the statistics come from group-bys over the whole input (components.data.stats);
+# these only phrase the verdict for a row the statistics flagged.
+
+
+def image_many_texts_verdict(distinct_texts: int, cfg: FilterConfig) -> tuple[str, str]:
+    return schema.RULE_IMAGE_MANY_TEXTS, f"image carries {distinct_texts} distinct alt-texts > {cfg.max_texts_per_image}"
+
+
+def text_many_images_verdict(distinct_images: int, cfg: FilterConfig) -> tuple[str, str]:
+    return schema.RULE_TEXT_MANY_IMAGES, f"alt-text shared by {distinct_images} images > {cfg.max_images_per_text}"
+
+
+def rare_token_verdict(gram: str, cfg: FilterConfig) -> tuple[str, str]:
+    return schema.RULE_TEXT_RARE_TOKEN, f"{gram!r} is outside the top {cfg.vocab_top_n} unigrams+bigrams"

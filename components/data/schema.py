@@ -36,6 +36,8 @@ RULE_TEXT_MANY_IMAGES = "text_shared_by_too_many_images"
 RULE_TEXT_RARE_TOKEN = "text_rare_token"
 RULE_NEAR_DUPLICATE_EVAL = "near_duplicate_of_eval"
 
+# Check order: what the reader found, decoding, the per-record image rules, the per-record text rules,
+# then the dataset-wide rules (which need pass-1 statistics). A row is rejected for the first it fails.
 ALL_RULES = [
     RULE_MISSING_IMAGE,
     RULE_MISSING_CAPTION,
@@ -48,10 +50,10 @@ ALL_RULES = [
     RULE_IMAGE_TOO_SMALL,
     RULE_IMAGE_ASPECT,
     RULE_NSFW,
+    RULE_NEAR_DUPLICATE_EVAL,
     RULE_TEXT_TOO_FEW_WORDS,
     RULE_TEXT_TOO_MANY_WORDS,
     RULE_IMAGE_MANY_TEXTS,
-    RULE_NEAR_DUPLICATE_EVAL,
     RULE_TEXT_MANY_IMAGES,
     RULE_TEXT_RARE_TOKEN,
 ]

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from components.config import CorpusConfig, FilterConfig
+from components.config import CorpusConfig, FilterConfig, SourceConfig
 from components.data import schema
 from components.data.ingest import eval_image_hashes
 from components.data.pipeline import InvariantError, run_filter
@@ -43,6 +43,10 @@ def _vocab_size_of_repeated_ngrams(train_dir: Path) -> int:
     return sum(1 for c in counts.values() if c >= 2)
 
 
+def _sidecar(path) -> list[SourceConfig]:
+    return [SourceConfig(name="corpus", format="sidecar", path=str(path))]
+
+
 @pytest.fixture(scope="module")
 def filtered(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
@@ -54,7 +58,8 @@ def filtered(ray_session, tmp_path_factory):
         rows_per_shard=100,
     )
     hashes = eval_image_hashes(str(root / "corpus" / "eval" / "dataset.json"), "test")
-    result = run_filter(str(root / "corpus" / "train"), str(root / "out"), cfg, source="synthetic", eval_hashes=hashes)
+    source = SourceConfig(name="synthetic", format="sidecar", path=str(root / "corpus" / "train"))
+    result = run_filter([source], str(root / "out"), cfg, eval_hashes=hashes)
     return root, summary, cfg, result
 
 
@@ -119,7 +124,7 @@ def test_orphan_files_are_rejected_not_dropped(ray_session, tmp_path):
     (corpus / "a.txt").write_text("a red square on a plain background")
     Image.new("RGB", (240, 240), "blue").save(corpus / "lonely.jpg")
     (corpus / "caption-only.txt").write_text("a caption without its image")
-    result = run_filter(str(corpus), str(tmp_path / "out"), FilterConfig(vocab_top_n=1000))
+    result = run_filter(_sidecar(corpus), str(tmp_path / "out"), FilterConfig(vocab_top_n=1000))
     assert result.report["rows_in"] == 3 and result.report["rows_kept"] == 1
     assert result.report["rejected_by_rule"][schema.RULE_MISSING_CAPTION] == 1
     assert result.report["rejected_by_rule"][schema.RULE_MISSING_IMAGE] == 1
@@ -135,5 +140,5 @@ def test_lost_rows_fail_the_stage(ray_session, tmp_path, monkeypatch):
     (corpus / "a.txt").write_text("a red square on a plain background")
     monkeypatch.setattr(pipeline, "_rows_on_disk", lambda uri: 0)
     with pytest.raises(InvariantError, match="rows in 1"):
-        run_filter(str(corpus), str(tmp_path / "out"), FilterConfig(vocab_top_n=1000))
+        run_filter(_sidecar(corpus), str(tmp_path / "out"), FilterConfig(vocab_top_n=1000))
     assert not (tmp_path / "out" / schema.MANIFEST_FILE).exists()

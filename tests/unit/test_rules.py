@@ -23,8 +23,8 @@ CFG = FilterConfig()
         ((603, 201), schema.RULE_IMAGE_ASPECT),
     ],
 )
-def test_image_size_rule_is_strict(size, rule):
-    verdict = rules.image_size_rule(*size, CFG)
+def test_image_size_rules_are_strict(size, rule):
+    verdict = rules.short_side_rule(*size, CFG) or rules.aspect_rule(*size, CFG)
     assert (verdict[0] if verdict else None) == rule
 
 
@@ -35,17 +35,13 @@ def test_word_count_bounds_are_inclusive_3_to_20():
     assert rules.word_count_rule(" ".join(["w"] * 21), CFG)[0] == schema.RULE_TEXT_TOO_MANY_WORDS
 
 
-def test_frequency_rules_use_dataset_wide_counts():
-    assert rules.text_many_images_rule("image", {"image": 11}, CFG)[0] == schema.RULE_TEXT_MANY_IMAGES
-    assert rules.text_many_images_rule("a cat", {"image": 11}, CFG) is None
-    assert rules.image_many_texts_rule("abc", {"abc": 1001}, CFG)[0] == schema.RULE_IMAGE_MANY_TEXTS
+def test_ngrams_are_unigrams_then_bigrams():
+    assert rules.ngrams("A red  circle") == ["a", "red", "circle", "a red", "red circle"]
 
 
-def test_rare_token_checks_unigrams_and_bigrams():
-    vocab = {"a", "red", "circle", "a red", "red circle"}
-    assert rules.rare_token_rule("a red circle", vocab, CFG) is None
-    assert rules.rare_token_rule("a red xq7z", vocab, CFG)[0] == schema.RULE_TEXT_RARE_TOKEN
-    assert rules.rare_token_rule("red a circle", vocab, CFG)[0] == schema.RULE_TEXT_RARE_TOKEN  # bigram "red a"
+def test_nsfw_rule_rejects_at_the_threshold():
+    assert rules.nsfw_rule(CFG.nsfw_threshold, CFG)[0] == schema.RULE_NSFW
+    assert rules.nsfw_rule(CFG.nsfw_threshold - 1e-3, CFG) is None
 
 
 def test_normalised_text_folds_case_and_space():
