@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 # Optional: build the environment once under $(VENV_CACHE) (keyed on the lock) and link .venv to it.
 VENV_CACHE ?=
+# dev: test tools (pytest, moto S3 server); nsfw: the open_nsfw filter the data tests exercise.
+EXTRAS ?= dev,nsfw
 LOCK_HASH := $(shell cat constraints.txt pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(LOCK_HASH)
 export RAY_AUTH_MODE ?= token
@@ -17,13 +19,13 @@ $(STAMP): constraints.txt pyproject.toml
 	  if [ ! -f "$$target/.complete" ]; then \
 	    rm -rf "$$target" && $(PYTHON) -m venv "$$target" && \
 	    "$$target/bin/pip" install -q --upgrade pip && \
-	    "$$target/bin/pip" install -q -c constraints.txt -e ".[dev]" && touch "$$target/.complete"; \
+	    "$$target/bin/pip" install -q -c constraints.txt -e ".[$(EXTRAS)]" && touch "$$target/.complete"; \
 	  fi; \
 	  rm -rf $(VENV) && ln -s "$$target" $(VENV); \
 	else \
 	  [ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV); \
 	  $(VENV)/bin/pip install -q --upgrade pip; \
-	  $(VENV)/bin/pip install -q -c constraints.txt -e ".[dev]"; \
+	  $(VENV)/bin/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"; \
 	fi
 	$(VENV)/bin/pip install -q --no-deps -e .   # editable link to *this* checkout
 	@rm -f $(VENV)/.installed-* && touch $@
