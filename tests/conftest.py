@@ -30,7 +30,52 @@ def ray_home(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ray_session(ray_home):
+def s3_server():
+    """An S3-compatible server (moto) on 127.0.0.1 for the whole session.
+
+    Its endpoint goes into the standard AWS environment variables before the Ray head starts, so Ray
+    workers, pyarrow, boto3 and MLflow all reach it the way they would reach real S3.
+    """
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    from components.runtime.ray_cluster import free_port
+
+    port = free_port()
+    server = Path(sys.executable).parent / "moto_server"
+    process = subprocess.Popen(
+        [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(endpoint, timeout=1)
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("moto S3 server did not start within 30 s")
+            time.sleep(0.2)
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
+    yield endpoint
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_home, s3_server):
     import ray
 
     from components.config import AlignConfig, resolve_storage

@@ -43,11 +43,13 @@ class FilterResult:
 def _decode(raw, cfg: FilterConfig, eval_hashes: np.ndarray, cpus: int):
     if cfg.enabled(schema.RULE_NSFW):
         ensure_nsfw_available()
+        from ray.data import ActorPoolStrategy
+
         return raw.map_batches(
             DecodeWithNsfw,
             fn_constructor_kwargs={"cfg": cfg, "eval_hashes": eval_hashes},
             batch_size=cfg.batch_size,
-            concurrency=(1, max(1, cpus)),
+            compute=ActorPoolStrategy(min_size=1, max_size=cpus),
         )
     return raw.map_batches(decode_batch, fn_kwargs={"cfg": cfg, "eval_hashes": eval_hashes}, batch_size=cfg.batch_size)
 

@@ -29,7 +29,7 @@ def _state_dir(home: str) -> Path:
     return Path(home) / "ray"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -60,7 +60,7 @@ def ensure_local_head(cfg: AlignConfig) -> str:
     state = read_head_state(cfg.storage.home)
     if state and _listening(state["address"]):
         return state["address"]
-    port = _free_port()
+    port = free_port()
     num_cpus = cfg.ray.num_cpus or 2 * (os.cpu_count() or 1)
     ray_cli = Path(sys.executable).with_name("ray")
     command = [

@@ -1,21 +1,15 @@
 """The whole lifecycle as a Prefect flow on a tiny corpus, twice: champion, then a gated challenger."""
 
 import os
-import socket
 
 import httpx
 import mlflow
 import pytest
 
 from components.config import load_config
+from components.runtime.ray_cluster import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 TINY = [
@@ -48,7 +42,7 @@ def lifecycle_runs(ray_session, ray_home):
     os.environ["PREFECT_HOME"] = str(ray_home / "prefect")
     from flows.lifecycle import lifecycle
 
-    port = _free_port()
+    port = free_port()
     common = [f"storage.home={ray_home}", f"serve.port={port}", *TINY]
     first = lifecycle(load_config(None, common).model_dump())
     second = lifecycle(load_config(None, [*common, "seed=2"]).model_dump())

@@ -4,7 +4,6 @@ Uses the fake registry/encoder from ``tests.serving_fakes``; replicas import it 
 pytest must run from the project root (as ``python -m pytest``).
 """
 
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from components.config import RegistryConfig, ServeConfig
 from components.serving import client
 from components.serving.deploy import deploy, endpoint_url, shutdown_app
 from tests.serving_fakes import CAPTIONS, make_registry, set_alias
+from components.runtime.ray_cluster import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -27,18 +27,12 @@ MAX_K = 25
 V2_LOAD_S = 3.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(ray_session, tmp_path_factory):
     from ray import serve
 
     root = make_registry(tmp_path_factory.mktemp("registry"), {"1": {}, "2": {"load_delay_s": V2_LOAD_S}})
-    cfg = ServeConfig(host="127.0.0.1", port=_free_port(), app_name="align-test", max_k=MAX_K, ready_timeout_s=60)
+    cfg = ServeConfig(host="127.0.0.1", port=free_port(), app_name="align-test", max_k=MAX_K, ready_timeout_s=60)
     registry_cfg = RegistryConfig(model_name="align")
     url = deploy(cfg, registry_cfg, str(root), **LOADERS)  # unpinned: replicas resolve @champion
     yield SimpleNamespace(url=url, cfg=cfg, registry_cfg=registry_cfg, root=root)
