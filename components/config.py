@@ -121,6 +121,9 @@ class FilterConfig(_Section):
     rows_per_shard: int = 2000
     batch_size: int = 64  # rows per Ray Data batch in the decode pass
     shuffle_partitions: int = 0  # hash partitions of the statistics group-bys/joins; 0: the cluster's CPUs
+    # Statistics tables (offending images/texts, distinct n-grams) up to this many rows are sent to
+    # every task; larger ones (web scale) are hash-joined with the rows instead.
+    broadcast_max_rows: int = 2_000_000
 
     def enabled(self, rule: str) -> bool:
         return rule not in self.disabled_rules

@@ -27,7 +27,7 @@ def decode_batch(batch: dict, cfg: FilterConfig, eval_hashes: np.ndarray, scorer
     n = len(batch["key"])
     out = {c: [] for c in DECODED_COLUMNS}
     verdicts: list[tuple[str, str] | None] = []
-    decoded_images = []
+    resized_images, nsfw_inputs = [], {}
     for i in range(n):
         raw_image = bytes(batch["image"][i])
         text, verdict = decode_caption(bytes(batch["caption_raw"][i]))
@@ -39,24 +39,29 @@ def decode_batch(batch: dict, cfg: FilterConfig, eval_hashes: np.ndarray, scorer
             digest = sha256_hex(raw_image)
             if image is not None:
                 width, height = image.info["original_size"]
-                hash64 = dhash(image)
             verdict = verdict or image_verdict
         out["decoded"].append(image is not None and verdict is None)
         if verdict is None and cfg.enabled(schema.RULE_IMAGE_TOO_SMALL):
             verdict = rules.short_side_rule(width, height, cfg)
         if verdict is None and cfg.enabled(schema.RULE_IMAGE_ASPECT):
             verdict = rules.aspect_rule(width, height, cfg)
+        resized = None
+        if verdict is None:
+            if scorer is not None:
+                nsfw_inputs[i] = image  # scored at full size: the training size may be tiny
+            # The near-duplicate hash is taken on the resized image (dHash is scale-robust, and cheaper there).
+            resized = resize_short_side(image, cfg.resize_short_side)
+            hash64 = dhash(resized)
         verdicts.append(verdict)
-        decoded_images.append(image)
+        resized_images.append(resized)
         out["text"].append(text)
         out["width"].append(width)
         out["height"].append(height)
         out["image_sha256"].append(digest)
         out["dhash"].append(np.uint64(hash64))
 
-    alive = [i for i in range(n) if verdicts[i] is None]
-    if scorer is not None and alive:
-        for i, score in zip(alive, scorer.scores([decoded_images[i] for i in alive]), strict=True):
+    if nsfw_inputs:
+        for i, score in zip(nsfw_inputs, scorer.scores(list(nsfw_inputs.values())), strict=True):
             verdicts[i] = rules.nsfw_rule(float(score), cfg)
     for i in range(n):
         verdict = verdicts[i]
@@ -66,10 +71,7 @@ def decode_batch(batch: dict, cfg: FilterConfig, eval_hashes: np.ndarray, scorer
             verdict = rules.word_count_rule(out["text"][i], cfg)
             if verdict and not cfg.enabled(verdict[0]):
                 verdict = None
-        resized = b""
-        if verdict is None:
-            resized = encode_jpeg(resize_short_side(decoded_images[i], cfg.resize_short_side), cfg.jpeg_quality)
-        out["image"].append(resized)
+        out["image"].append(encode_jpeg(resized_images[i], cfg.jpeg_quality) if verdict is None else b"")
         out["reject_rule"].append(verdict[0] if verdict else "")
         out["reject_detail"].append(verdict[1] if verdict else "")
         out["text_norm"].append(rules.normalise_text(out["text"][i]))

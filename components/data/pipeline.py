@@ -11,6 +11,7 @@ rows rejected. Inputs are never modified; outputs go to a fresh folder.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from components.data import schema
 from components.data.decode_pass import DecodeWithNsfw, decode_batch
 from components.data.nsfw import ensure_available as ensure_nsfw_available
 from components.data.sources import read_sources
-from components.data.stats import dataset_verdicts
+from components.data.stats import BroadcastStats, dataset_verdicts
 from components.storage import exists, join_uri, write_json
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,15 @@ def _decode(raw, cfg: FilterConfig, eval_hashes: np.ndarray, cpus: int):
     return raw.map_batches(decode_batch, fn_kwargs={"cfg": cfg, "eval_hashes": eval_hashes}, batch_size=cfg.batch_size)
 
 
+def _apply_broadcast(batch: dict, stats: BroadcastStats, cfg: FilterConfig) -> dict:
+    rule, detail, image = list(batch["reject_rule"]), list(batch["reject_detail"]), list(batch["image"])
+    for i, (sha, norm, text) in enumerate(zip(batch["image_sha256"], batch["text_norm"], batch["text"], strict=True)):
+        verdict = stats.verdict(str(sha), str(norm), str(text), cfg)
+        if verdict:
+            rule[i], detail[i], image[i] = verdict[0], verdict[1], b""
+    return {**batch, "reject_rule": rule, "reject_detail": detail, "image": image}
+
+
 def _apply_verdicts(batch: pa.Table) -> pa.Table:
     flagged = pc.fill_null(pc.not_equal(pc.fill_null(batch["verdict_rule"], ""), ""), False)
     rule = pc.if_else(flagged, batch["verdict_rule"], batch["reject_rule"])
@@ -63,43 +73,46 @@ def _apply_verdicts(batch: pa.Table) -> pa.Table:
     return table.append_column("reject_rule", rule).append_column("reject_detail", detail).append_column("image", image)
 
 
-def _digest_sum(batch: dict) -> dict:
-    total = 0
-    for key, sha, text, rule in zip(batch["key"], batch["image_sha256"], batch["text"], batch["reject_rule"], strict=True):
-        if not rule:
-            total += int.from_bytes(hashlib.sha256(f"{key}\x00{sha}\x00{text}".encode()).digest(), "big")
-    return {"partial": [str(total % _MODULUS)]}
-
-
 _MODULUS = 1 << 256
 
 
-def _content_hash(dataset) -> str:
-    """Order-independent digest of what was kept: the sum (mod 2^256) of per-row SHA-256 digests.
+def _summarise_block(batch: dict) -> dict:
+    """Per block: row counts per (source, rule) and the sum of kept rows' digests (see ``_summarise``)."""
+    counts: dict[str, int] = {}
+    total = 0
+    for key, source, sha, text, rule in zip(
+        batch["key"], batch["source"], batch["image_sha256"], batch["text"], batch["reject_rule"], strict=True
+    ):
+        counts[f"{source}\x00{rule}"] = counts.get(f"{source}\x00{rule}", 0) + 1
+        if not rule:
+            total += int.from_bytes(hashlib.sha256(f"{key}\x00{sha}\x00{text}".encode()).digest(), "big")
+    return {"counts": [json.dumps(counts)], "digest_sum": [str(total % _MODULUS)]}
 
-    Sums are computed per block in Ray tasks, so the driver only adds up one number per block.
+
+def _summarise(dataset) -> tuple[dict[str, int], dict[str, dict], str]:
+    """Rejects per rule, per-source counts and the content hash, in one pass with no shuffle.
+
+    The content hash is order-independent: SHA-256 of the sum (mod 2^256) of per-row digests of
+    (key, image hash, text) over kept rows. Blocks send back one small row each.
     """
-    partials = dataset.select_columns(["key", "image_sha256", "text", "reject_rule"]).map_batches(
-        _digest_sum, batch_format="numpy"
-    )
-    total = sum(int(row["partial"]) for row in partials.take_all()) % _MODULUS
-    return hashlib.sha256(total.to_bytes(32, "big")).hexdigest()
-
-
-def _outcome_counts(dataset) -> tuple[dict[str, int], dict[str, dict]]:
-    """One group-by gives rejects per rule, and rows in / kept / rejects per rule for each source."""
     by_rule = {rule: 0 for rule in schema.ALL_RULES}
     by_source: dict[str, dict] = {}
-    for row in dataset.groupby(["source", "reject_rule"], num_partitions=1).count().take_all():
-        count, rule = int(row["count()"]), row["reject_rule"]
-        entry = by_source.setdefault(row["source"], {"rows_in": 0, "rows_kept": 0, "rejected_by_rule": {}})
-        entry["rows_in"] += count
-        if rule:
-            by_rule[rule] += count
-            entry["rejected_by_rule"][rule] = count
-        else:
-            entry["rows_kept"] += count
-    return by_rule, by_source
+    total = 0
+    partials = dataset.select_columns(["key", "source", "image_sha256", "text", "reject_rule"]).map_batches(
+        _summarise_block, batch_format="numpy"
+    )
+    for row in partials.take_all():
+        total += int(row["digest_sum"])
+        for pair, count in json.loads(row["counts"]).items():
+            source, rule = pair.split("\x00")
+            entry = by_source.setdefault(source, {"rows_in": 0, "rows_kept": 0, "rejected_by_rule": {}})
+            entry["rows_in"] += count
+            if rule:
+                by_rule[rule] += count
+                entry["rejected_by_rule"][rule] = entry["rejected_by_rule"].get(rule, 0) + count
+            else:
+                entry["rows_kept"] += count
+    return by_rule, by_source, hashlib.sha256((total % _MODULUS).to_bytes(32, "big")).hexdigest()
 
 
 def _rows_on_disk(uri: str) -> int:
@@ -129,8 +142,10 @@ def run_filter(
     alive = decoded.filter(expr=col("reject_rule") == "")
     log.info("pass 2: dataset-wide statistics over %d rows", rows_in)
     stats = dataset_verdicts(decoded, alive, cfg, partitions)
-    if stats.verdicts is not None:
-        alive = alive.join(stats.verdicts, "left_outer", num_partitions=partitions, on=("key",))
+    if stats.broadcast is not None:
+        alive = alive.map_batches(_apply_broadcast, fn_kwargs={"stats": stats.broadcast, "cfg": cfg}, batch_format="numpy")
+    elif stats.joined is not None:
+        alive = alive.join(stats.joined, "left_outer", num_partitions=partitions, on=("key",))
         alive = alive.map_batches(_apply_verdicts, batch_format="pyarrow")
     final = alive.union(decoded.filter(expr=col("reject_rule") != "")).materialize()
 
@@ -145,7 +160,7 @@ def run_filter(
     n_kept, n_rejected = _rows_on_disk(kept_uri), _rows_on_disk(rejects_uri)
     if rows_in != n_kept + n_rejected:
         raise InvariantError(f"rows in {rows_in} != kept {n_kept} + rejected {n_rejected} (under {output_uri})")
-    by_rule, by_source = _outcome_counts(final)
+    by_rule, by_source, content_hash = _summarise(final)
     report = {
         "rows_in": rows_in,
         "rows_kept": n_kept,
@@ -156,7 +171,7 @@ def run_filter(
         "disabled_rules": list(cfg.disabled_rules),
     }
     manifest = {
-        "content_hash": _content_hash(final),
+        "content_hash": content_hash,
         "config_hash": config_hash,
         "filter_config": cfg.model_dump(),
         "sources": [s.model_dump() for s in sources],

@@ -21,9 +21,30 @@ VERDICT_COLUMNS = ["key", "verdict_rule", "verdict_detail"]
 
 
 @dataclass
+class BroadcastStats:
+    """Statistics small enough to ship to every task (a broadcast join): no shuffle of the rows needed."""
+
+    heavy_images: dict[str, int]  # image_sha256 -> distinct alt-texts, only those over the limit
+    shared_texts: dict[str, int]  # normalised text -> distinct images, only those over the limit
+    vocabulary: frozenset[str] | None  # top-N n-grams; None when every n-gram is in the top N
+
+    def verdict(self, sha: str, text_norm: str, text: str, cfg: FilterConfig) -> tuple[str, str] | None:
+        if sha in self.heavy_images:
+            return rules.image_many_texts_verdict(self.heavy_images[sha], cfg)
+        if text_norm in self.shared_texts:
+            return rules.text_many_images_verdict(self.shared_texts[text_norm], cfg)
+        if self.vocabulary is not None:
+            rare = sorted(set(rules.ngrams(text)) - self.vocabulary)
+            if rare:
+                return rules.rare_token_verdict(rare[0], cfg)
+        return None
+
+
+@dataclass
 class DatasetVerdicts:
-    verdicts: object | None  # Ray dataset (key, verdict_rule, verdict_detail), or None when nothing is flagged
     summary: dict
+    broadcast: BroadcastStats | None = None  # set when every statistics table fits the broadcast limit
+    joined: object | None = None  # else: Ray dataset (key, verdict_rule, verdict_detail) of flagged rows
 
 
 def _over_threshold(corpus, group: str, other: str, alias: str, threshold: int, partitions: int):
@@ -49,24 +70,17 @@ def _explode_ngrams(batch: pa.Table, with_key: bool) -> pa.Table:
     return pa.table({"key": keys, "ngram": grams}) if with_key else pa.table({"ngram": grams})
 
 
-def _rare_grams(corpus, alive, cfg: FilterConfig, partitions: int):
-    """(key, rare_ngram) for alive rows with an n-gram outside the corpus' top-N; and summary numbers."""
-    from ray.data.aggregate import Count, Min
+def _rare_grams(counts, alive, cfg: FilterConfig, partitions: int):
+    """(key, rare_ngram) for alive rows with an n-gram outside the corpus' top-N, all distributed."""
+    from ray.data.aggregate import Min
 
-    grams = corpus.select_columns(["key", "text"]).map_batches(_explode_ngrams, batch_format="pyarrow", fn_kwargs={"with_key": False})
-    # Document frequency would also be defensible; the paper says "most frequent", so occurrences count.
-    counts = grams.groupby("ngram", num_partitions=partitions).aggregate(Count(alias_name="occurrences")).materialize()
-    distinct = counts.count()
-    if distinct <= cfg.vocab_top_n:
-        return None, distinct
     # Ties at rank N break alphabetically, so the vocabulary (and the outcome) is deterministic.
     top = counts.sort(["occurrences", "ngram"], descending=[True, False]).limit(cfg.vocab_top_n).select_columns(["ngram"])
     row_grams = alive.select_columns(["key", "text"]).map_batches(
         _explode_ngrams, batch_format="pyarrow", fn_kwargs={"with_key": True}
     )
     rare = row_grams.join(top, "left_anti", num_partitions=partitions, on=("ngram",))
-    per_row = rare.groupby("key", num_partitions=partitions).aggregate(Min(on="ngram", alias_name="rare_ngram"))
-    return per_row.materialize(), distinct
+    return rare.groupby("key", num_partitions=partitions).aggregate(Min(on="ngram", alias_name="rare_ngram")).materialize()
 
 
 def _phrase(batch: pa.Table, cfg: FilterConfig) -> pa.Table:
@@ -95,29 +109,59 @@ def dataset_verdicts(decoded, alive, cfg: FilterConfig, partitions: int) -> Data
 
     Statistics are computed over ``decoded``: every row whose text and image decoded — the raw corpus,
     including rows that a per-record rule rejected — as the paper computes them on the raw data.
+    Small statistics tables (up to ``cfg.broadcast_max_rows``) are broadcast to the tasks, as query
+    engines do; larger ones, as at web scale, meet the rows through hash joins.
     """
+    from ray.data.aggregate import Count
     from ray.data.expressions import col
 
     corpus = decoded.filter(expr=col("decoded")).select_columns(["key", "text", "text_norm", "image_sha256"])
-    summary = {"images_over_text_limit": 0, "texts_over_image_limit": 0, "distinct_ngrams": 0, "vocabulary_size": 0}
-    slim = alive.select_columns(["key", "image_sha256", "text_norm"])
-    flagged = False
+    heavy = shared = counts = None
     if cfg.enabled(schema.RULE_IMAGE_MANY_TEXTS):
         heavy = _over_threshold(corpus, "image_sha256", "text_norm", "distinct_texts", cfg.max_texts_per_image, partitions)
-        summary["images_over_text_limit"] = heavy.count()
-        if summary["images_over_text_limit"]:
-            slim, flagged = slim.join(heavy, "left_outer", num_partitions=partitions, on=("image_sha256",)), True
     if cfg.enabled(schema.RULE_TEXT_MANY_IMAGES):
         shared = _over_threshold(corpus, "text_norm", "image_sha256", "distinct_images", cfg.max_images_per_text, partitions)
-        summary["texts_over_image_limit"] = shared.count()
-        if summary["texts_over_image_limit"]:
-            slim, flagged = slim.join(shared, "left_outer", num_partitions=partitions, on=("text_norm",)), True
     if cfg.enabled(schema.RULE_TEXT_RARE_TOKEN):
-        rare, distinct = _rare_grams(corpus, alive, cfg, partitions)
-        summary["distinct_ngrams"], summary["vocabulary_size"] = distinct, min(distinct, cfg.vocab_top_n)
-        if rare is not None and rare.count():
+        grams = corpus.select_columns(["key", "text"]).map_batches(
+            _explode_ngrams, batch_format="pyarrow", fn_kwargs={"with_key": False}
+        )
+        # "Most frequent" counts occurrences (document frequency would also be defensible).
+        counts = grams.groupby("ngram", num_partitions=partitions).aggregate(Count(alias_name="occurrences")).materialize()
+    sizes = {name: table.count() if table is not None else 0 for name, table in (("heavy", heavy), ("shared", shared), ("ngrams", counts))}
+    distinct = sizes["ngrams"]
+    summary = {
+        "images_over_text_limit": sizes["heavy"],
+        "texts_over_image_limit": sizes["shared"],
+        "distinct_ngrams": distinct,
+        "vocabulary_size": min(distinct, cfg.vocab_top_n) if counts is not None else 0,
+    }
+    if max(sizes.values()) <= cfg.broadcast_max_rows:
+        summary["strategy"] = "broadcast"
+        vocabulary = None
+        if counts is not None and distinct > cfg.vocab_top_n:
+            # Ties at rank N break alphabetically, so the vocabulary (and the outcome) is deterministic.
+            ranked = sorted((-int(r["occurrences"]), r["ngram"]) for r in counts.take_all())
+            vocabulary = frozenset(gram for _, gram in ranked[: cfg.vocab_top_n])
+        return DatasetVerdicts(summary, broadcast=BroadcastStats(
+            heavy_images=_as_dict(heavy, "image_sha256", "distinct_texts"),
+            shared_texts=_as_dict(shared, "text_norm", "distinct_images"),
+            vocabulary=vocabulary,
+        ))
+    summary["strategy"] = "hash_join"
+    slim, flagged = alive.select_columns(["key", "image_sha256", "text_norm"]), False
+    if sizes["heavy"]:
+        slim, flagged = slim.join(heavy, "left_outer", num_partitions=partitions, on=("image_sha256",)), True
+    if sizes["shared"]:
+        slim, flagged = slim.join(shared, "left_outer", num_partitions=partitions, on=("text_norm",)), True
+    if counts is not None and distinct > cfg.vocab_top_n:
+        rare = _rare_grams(counts, alive, cfg, partitions)
+        if rare.count():
             slim, flagged = slim.join(rare, "left_outer", num_partitions=partitions, on=("key",)), True
     if not flagged:
-        return DatasetVerdicts(None, summary)
+        return DatasetVerdicts(summary)
     verdicts = slim.map_batches(_phrase, batch_format="pyarrow", fn_kwargs={"cfg": cfg}).materialize()
-    return DatasetVerdicts(verdicts if verdicts.count() else None, summary)
+    return DatasetVerdicts(summary, joined=verdicts if verdicts.count() else None)
+
+
+def _as_dict(table, key: str, value: str) -> dict:
+    return {} if table is None else {row[key]: int(row[value]) for row in table.take_all()}

@@ -70,10 +70,19 @@ def _outcomes(out) -> dict[int, str]:
     return outcomes
 
 
-def test_each_rule_at_its_boundary(ray_session, tmp_path):
+# Statistics reach the rows by broadcast (small tables) or by hash joins (web scale): same outcomes.
+STRATEGIES = pytest.mark.parametrize("broadcast_max_rows", [2_000_000, 0], ids=["broadcast", "hash_join"])
+
+
+@STRATEGIES
+def test_each_rule_at_its_boundary(ray_session, tmp_path, broadcast_max_rows):
     rows, expected = _corpus(tmp_path / "corpus")
     cfg = FilterConfig(
-        max_texts_per_image=3, vocab_top_n=10**9, nsfw_threshold=_nsfw_threshold(rows), resize_short_side=32
+        max_texts_per_image=3,
+        vocab_top_n=10**9,
+        nsfw_threshold=_nsfw_threshold(rows),
+        resize_short_side=32,
+        broadcast_max_rows=broadcast_max_rows,
     )
     source = SourceConfig(name="t", format="table", path=str(tmp_path / "corpus"))
     result = run_filter([source], str(tmp_path / "out"), cfg)
@@ -82,9 +91,11 @@ def test_each_rule_at_its_boundary(ray_session, tmp_path):
     assert not wrong, f"(got, expected, caption) per row: {wrong}"
     assert result.report["stats"]["texts_over_image_limit"] == 1
     assert result.report["stats"]["images_over_text_limit"] == 1
+    assert result.report["stats"]["strategy"] == ("broadcast" if broadcast_max_rows else "hash_join")
 
 
-def test_rare_tokens_use_the_corpus_top_n_and_rules_can_be_switched_off(ray_session, tmp_path):
+@STRATEGIES
+def test_rare_tokens_use_the_corpus_top_n_and_rules_can_be_switched_off(ray_session, tmp_path, broadcast_max_rows):
     """12 rows 'red blue green' + 1 'red blue violet': the top 5 n-grams exclude 'violet' and 'blue violet'.
 
     The shared-text rule is switched off here (12 images share one alt-text), so only the rare-token rule acts.
@@ -97,7 +108,12 @@ def test_rare_tokens_use_the_corpus_top_n_and_rules_can_be_switched_off(ray_sess
         (folder / "images" / f"{i}.png").write_bytes(picture(400 + i, fmt="PNG"))
         lines.append(f"images/{i}.png,{text}")
     (folder / "pairs.csv").write_text("\n".join(lines) + "\n")
-    cfg = FilterConfig(vocab_top_n=5, disabled_rules=["text_shared_by_too_many_images", "nsfw"], resize_short_side=32)
+    cfg = FilterConfig(
+        vocab_top_n=5,
+        disabled_rules=["text_shared_by_too_many_images", "nsfw"],
+        resize_short_side=32,
+        broadcast_max_rows=broadcast_max_rows,
+    )
     result = run_filter([SourceConfig(name="t", format="table", path=str(folder))], str(tmp_path / "out"), cfg)
     rejects = pq.read_table(tmp_path / "out" / schema.REJECTS_DIR).to_pylist()
     assert [(r["key"], r["rule"]) for r in rejects] == [("t/pairs/12", schema.RULE_TEXT_RARE_TOKEN)]

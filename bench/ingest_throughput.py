@@ -1,0 +1,125 @@
+"""Ingest + filter throughput per core, against a bare single-process PIL loop over the same files.
+
+Baseline (same run, same files): for each image, PIL decode -> resize shorter side to 256 -> JPEG
+encode, in one process; measured with and without JPEG draft-mode decoding, and the faster of the two
+is the baseline. Candidate: the whole data stage (``run_filter``: read, decode, every per-record rule,
+hashes, dataset-wide group-bys and joins, resize, write Parquet, check the invariant) on a local Ray
+instance with ``--cpus`` CPUs. Prints images/s/core for both and the ratio (target >= 0.8); writes
+JSON under bench/results/.
+
+    .venv/bin/python bench/ingest_throughput.py [--images 6000] [--cpus 2] [--nsfw]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from components.config import FilterConfig, SourceConfig
+
+SHORT_SIDE = 256
+WORDS = "red blue green small large round square photo of a the with on near old new bright dark".split()
+
+
+def _photo(rng: random.Random) -> Image.Image:
+    """A web-photo-sized JPEG source: 640x480 with shapes and grain (not flat colour, which decodes too fast)."""
+    image = Image.effect_noise((640, 480), 40).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x, y = rng.randrange(600), rng.randrange(440)
+        draw.ellipse((x, y, x + rng.randrange(40, 300), y + rng.randrange(40, 300)), fill=tuple(rng.randrange(256) for _ in range(3)))
+    return image
+
+
+def write_corpus(folder: Path, count: int) -> list[Path]:
+    rng = random.Random(0)
+    folder.mkdir(parents=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"{i:06d}.jpg"
+        _photo(rng).save(path, quality=90)
+        (folder / f"{i:06d}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(rng.randrange(4, 12))))
+        paths.append(path)
+    return paths
+
+
+def bare_loop(paths: list[Path], draft: bool) -> float:
+    """Images per second of the plain loop, one process."""
+    start = time.perf_counter()
+    for path in paths:
+        image = Image.open(path)
+        width, height = image.size
+        scale = SHORT_SIDE / min(width, height)
+        if draft:
+            image.draft("RGB", (round(width * scale), round(height * scale)))
+        image = image.convert("RGB")
+        image = image.resize((round(image.width * SHORT_SIDE / min(image.size)), round(image.height * SHORT_SIDE / min(image.size))), Image.BICUBIC)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def pipeline_rate(folder: Path, out: Path, cpus: int, nsfw: bool) -> tuple[float, dict]:
+    import ray
+
+    from components.data.pipeline import run_filter
+
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        cfg = FilterConfig(
+            resize_short_side=SHORT_SIDE,
+            vocab_top_n=10**9,
+            disabled_rules=[] if nsfw else ["nsfw"],
+            rows_per_shard=2000,
+        )
+        source = SourceConfig(name="bench", format="sidecar", path=str(folder))
+        start = time.perf_counter()
+        result = run_filter([source], str(out), cfg)
+        elapsed = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    return result.report["rows_in"] / elapsed, result.report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=6000)
+    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--nsfw", action="store_true", help="include open_nsfw scoring (not in the baseline)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="align-bench-") as tmp:
+        folder = Path(tmp) / "corpus"
+        print(f"writing {args.images} 640x480 JPEG pairs ...", flush=True)
+        paths = write_corpus(folder, args.images)
+        plain, drafted = bare_loop(paths, draft=False), bare_loop(paths, draft=True)
+        baseline = max(plain, drafted)
+        rate, report = pipeline_rate(folder, Path(tmp) / "out", args.cpus, args.nsfw)
+    per_core = rate / args.cpus
+    result = {
+        "images": args.images,
+        "cpus": args.cpus,
+        "nsfw": args.nsfw,
+        "bare_loop_images_per_s": round(plain, 1),
+        "bare_loop_draft_images_per_s": round(drafted, 1),
+        "pipeline_images_per_s": round(rate, 1),
+        "pipeline_images_per_s_per_core": round(per_core, 1),
+        "ratio_per_core_vs_best_bare_loop": round(per_core / baseline, 3),
+        "rows_kept": report["rows_kept"],
+        "rows_rejected": report["rows_rejected"],
+    }
+    print(json.dumps(result, indent=2))
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "ingest_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
