@@ -121,8 +121,8 @@ class FilterConfig(_Section):
     rows_per_shard: int = 2000
     batch_size: int = 64  # rows per Ray Data batch in the decode pass
     shuffle_partitions: int = 0  # hash partitions of the statistics group-bys/joins; 0: the cluster's CPUs
-    # Statistics tables (offending images/texts, distinct n-grams) up to this many rows are sent to
-    # every task; larger ones (web scale) are hash-joined with the rows instead.
+    # Corpora up to this many decoded rows get their statistics merged on the driver and broadcast to
+    # every task; larger ones (web scale) use distributed group-bys and hash joins instead.
     broadcast_max_rows: int = 2_000_000
 
     def enabled(self, rule: str) -> bool:

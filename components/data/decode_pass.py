@@ -8,7 +8,10 @@ resized for nothing; that is a small fraction, and cheaper than decoding everyth
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+from PIL import Image
 
 from components.config import FilterConfig
 from components.data import rules, schema
@@ -23,7 +26,19 @@ DECODED_COLUMNS = [
 ]
 
 
+# Pillow returns each image's memory to malloc, which hands large blocks back to the kernel: every
+# decode then page-faults fresh memory (measured: ~15% of decode time as system time). Keeping freed
+# blocks in Pillow's own cache removes that. Set once per worker process, on first use.
+PILLOW_CACHED_BLOCKS = 256
+
+
+@functools.cache
+def _cache_pillow_blocks() -> None:
+    Image.core.set_blocks_max(max(Image.core.get_blocks_max(), PILLOW_CACHED_BLOCKS))
+
+
 def decode_batch(batch: dict, cfg: FilterConfig, eval_hashes: np.ndarray, scorer: NsfwScorer | None = None) -> dict:
+    _cache_pillow_blocks()
     n = len(batch["key"])
     out = {c: [] for c in DECODED_COLUMNS}
     verdicts: list[tuple[str, str] | None] = []

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +55,20 @@ def _decode(raw, cfg: FilterConfig, eval_hashes: np.ndarray, cpus: int):
             compute=ActorPoolStrategy(min_size=1, max_size=cpus),
         )
     return raw.map_batches(decode_batch, fn_kwargs={"cfg": cfg, "eval_hashes": eval_hashes}, batch_size=cfg.batch_size)
+
+
+class _PhaseTimer:
+    """Wall time per phase, logged as it ends and kept for report.json (where the time went)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[phase] = round(time.perf_counter() - start, 2)
+        log.info("%s took %.1f s", phase, self.seconds[phase])
 
 
 def _apply_broadcast(batch: dict, stats: BroadcastStats, cfg: FilterConfig) -> dict:
@@ -130,37 +146,73 @@ def run_filter(
     eval_hashes: np.ndarray | None = None,
     config_hash: str = "",
 ) -> FilterResult:
+    with _data_context():
+        return _run_filter(sources, output_uri, cfg, eval_hashes, config_hash)
+
+
+@contextmanager
+def _data_context():
+    """Ray Data settings for this stage only, restored afterwards (the driver may train next).
+
+    Operator resource reservation keeps half the CPUs for operators other than the running one; in
+    this stage almost all work is one fused read+decode operator, and on a small cluster the
+    reservation halves its parallelism (measured: 1 task at a time on 2 CPUs).
+    """
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    saved = ctx.op_resource_reservation_enabled
+    ctx.op_resource_reservation_enabled = False
+    try:
+        yield
+    finally:
+        ctx.op_resource_reservation_enabled = saved
+
+
+def _run_filter(
+    sources: list[SourceConfig],
+    output_uri: str,
+    cfg: FilterConfig,
+    eval_hashes: np.ndarray | None,
+    config_hash: str,
+) -> FilterResult:
     import ray
     from ray.data.expressions import col
 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     partitions = cfg.shuffle_partitions or cpus
     hashes = eval_hashes if eval_hashes is not None else np.zeros(0, np.uint64)
-    log.info("pass 1: reading %d source(s), decoding and applying per-record rules", len(sources))
-    decoded = _decode(read_sources(sources), cfg, hashes, cpus).materialize()
-    rows_in = decoded.count()
+    timings = _PhaseTimer()
+    with timings("decode"):
+        log.info("pass 1: reading %d source(s), decoding and applying per-record rules", len(sources))
+        decoded = _decode(read_sources(sources), cfg, hashes, cpus).materialize()
+        rows_in = decoded.count()
     alive = decoded.filter(expr=col("reject_rule") == "")
-    log.info("pass 2: dataset-wide statistics over %d rows", rows_in)
-    stats = dataset_verdicts(decoded, alive, cfg, partitions)
+    with timings("statistics"):
+        log.info("pass 2: dataset-wide statistics over %d rows", rows_in)
+        stats = dataset_verdicts(decoded, alive, cfg, partitions)
     if stats.broadcast is not None:
+        # Cheap to recompute from the materialised pass 1, so the two writes below need no copy of it.
         alive = alive.map_batches(_apply_broadcast, fn_kwargs={"stats": stats.broadcast, "cfg": cfg}, batch_format="numpy")
     elif stats.joined is not None:
         alive = alive.join(stats.joined, "left_outer", num_partitions=partitions, on=("key",))
-        alive = alive.map_batches(_apply_verdicts, batch_format="pyarrow")
-    final = alive.union(decoded.filter(expr=col("reject_rule") != "")).materialize()
+        alive = alive.map_batches(_apply_verdicts, batch_format="pyarrow").materialize()
+    final = alive.union(decoded.filter(expr=col("reject_rule") != ""))
 
     kept_uri, rejects_uri = join_uri(output_uri, schema.KEPT_DIR), join_uri(output_uri, schema.REJECTS_DIR)
-    final.filter(expr=col("reject_rule") == "").select_columns(schema.PAIR_COLUMNS).write_parquet(
-        kept_uri, min_rows_per_file=cfg.rows_per_shard
-    )
-    final.filter(expr=col("reject_rule") != "").rename_columns(
-        {"reject_rule": "rule", "reject_detail": "detail"}
-    ).select_columns(schema.REJECT_COLUMNS).write_parquet(rejects_uri, min_rows_per_file=cfg.rows_per_shard)
-    # The invariant is checked on what actually landed in storage, not on what we meant to write.
-    n_kept, n_rejected = _rows_on_disk(kept_uri), _rows_on_disk(rejects_uri)
-    if rows_in != n_kept + n_rejected:
-        raise InvariantError(f"rows in {rows_in} != kept {n_kept} + rejected {n_rejected} (under {output_uri})")
-    by_rule, by_source, content_hash = _summarise(final)
+    with timings("write"):
+        final.filter(expr=col("reject_rule") == "").select_columns(schema.PAIR_COLUMNS).write_parquet(
+            kept_uri, min_rows_per_file=cfg.rows_per_shard
+        )
+        final.filter(expr=col("reject_rule") != "").rename_columns(
+            {"reject_rule": "rule", "reject_detail": "detail"}
+        ).select_columns(schema.REJECT_COLUMNS).write_parquet(rejects_uri, min_rows_per_file=cfg.rows_per_shard)
+    with timings("verify"):
+        # The invariant is checked on what actually landed in storage, not on what we meant to write.
+        n_kept, n_rejected = _rows_on_disk(kept_uri), _rows_on_disk(rejects_uri)
+        if rows_in != n_kept + n_rejected:
+            raise InvariantError(f"rows in {rows_in} != kept {n_kept} + rejected {n_rejected} (under {output_uri})")
+        by_rule, by_source, content_hash = _summarise(final)
     report = {
         "rows_in": rows_in,
         "rows_kept": n_kept,
@@ -169,6 +221,7 @@ def run_filter(
         "by_source": by_source,
         "stats": stats.summary,
         "disabled_rules": list(cfg.disabled_rules),
+        "seconds": timings.seconds,
     }
     manifest = {
         "content_hash": content_hash,

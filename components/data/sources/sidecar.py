@@ -6,6 +6,7 @@ filter rejects with its reason, so rows in = kept + rejected counts every file p
 
 from __future__ import annotations
 
+import math
 import posixpath
 from collections import defaultdict
 from functools import partial
@@ -16,6 +17,7 @@ from components.data.sources.common import filesystem, list_files, raw_record, r
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 CAPTION_EXTENSION = ".txt"
+ROWS_PER_BLOCK = 256
 
 
 def list_pairs(source: SourceConfig) -> list[dict]:
@@ -66,6 +68,8 @@ def read(source: SourceConfig, batch_size: int = 64):
     listing = list_pairs(source)
     if not listing:
         raise ValueError(f"no image/caption files found under {source.path}")
-    return ray.data.from_items(listing).map_batches(
+    # Blocks of a few hundred pairs: enough tasks to spread, few enough that scheduling stays cheap.
+    blocks = max(1, math.ceil(len(listing) / ROWS_PER_BLOCK))
+    return ray.data.from_items(listing, override_num_blocks=blocks).map_batches(
         partial(load_pair, uri=source.path, source=source.name), batch_size=batch_size
     )
