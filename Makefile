@@ -9,7 +9,7 @@ LOCK_HASH := $(shell cat constraints.txt pyproject.toml | sha256sum | cut -c1-16
 STAMP := $(VENV)/.installed-$(LOCK_HASH)
 export RAY_AUTH_MODE ?= token
 
-.PHONY: setup run test test-fast lint bench down lock clean
+.PHONY: setup run run-real real-corpus test test-fast lint bench down lock clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,14 @@ $(STAMP): constraints.txt pyproject.toml
 run: setup            ## the whole lifecycle on the embedded default
 	$(VENV)/bin/align run
 
+real-corpus:          ## install the real noisy corpus (Debian packages; needs root)
+	@dpkg -s openclipart-svg gimp-help-en >/dev/null 2>&1 || \
+	  { $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -q && \
+	    $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -q openclipart-svg gimp-help-en; }
+
+run-real: setup real-corpus  ## the whole lifecycle on openclipart + the GIMP manual
+	$(VENV)/bin/align run --config configs/real-openclipart-gimp.yaml
+
 test: setup           ## the whole suite (unit, integration, e2e)
 	$(VENV)/bin/python -m pytest -q
 
@@ -41,6 +49,7 @@ test-fast: setup      ## unit tests only, for quick iterations
 
 bench: setup
 	$(VENV)/bin/python bench/train_throughput.py
+	$(VENV)/bin/python bench/ingest_throughput.py
 
 down:
 	$(VENV)/bin/align down

@@ -60,11 +60,20 @@ class SourceConfig(_Section):
     max_files: int = 0  # 0: every file; otherwise the first N (sorted) for a quick trial
 
 
+class HoldoutConfig(_Section):
+    """A retrieval eval split rendered from an SVG source, for corpora without a test set of their own."""
+
+    source: str  # name of an svg source in corpus.sources
+    images: int = 500  # chance text->image R@1 = 1/images
+    seed: int = 0
+
+
 class CorpusConfig(_Section):
     """What the data stage reads: the embedded synthetic corpus, or a list of real sources."""
 
     kind: Literal["synthetic", "sources"] = "synthetic"
     sources: list[SourceConfig] = []  # read when kind == sources; rows from all of them are filtered together
+    eval_holdout: HoldoutConfig | None = None  # used when eval.retrieval_json is empty
     num_scenes: int = 6000  # clean scenes before noise is injected
     image_size: int = 240  # generated side length; > the paper's 200 px so clean images pass
     eval_scenes: int = 500

@@ -54,9 +54,27 @@ def prepare_corpus(cfg: AlignConfig) -> CorpusPaths:
         )
     if not cfg.corpus.sources:
         raise ValueError("corpus.kind=sources needs corpus.sources: a list of {name, format, path}")
-    if not cfg.eval.retrieval_json:
-        raise ValueError("a real corpus needs eval.retrieval_json (a Karpathy-split JSON) to evaluate against")
-    return CorpusPaths(list(cfg.corpus.sources), cfg.eval.retrieval_json, cfg.eval.classification_dir)
+    retrieval_json = cfg.eval.retrieval_json
+    if not retrieval_json and cfg.corpus.eval_holdout is not None:
+        retrieval_json = str(_holdout(cfg))
+    if not retrieval_json:
+        raise ValueError(
+            "a real corpus needs an evaluation split: eval.retrieval_json (a Karpathy-split JSON) "
+            "or corpus.eval_holdout (rendered from one of its svg sources)"
+        )
+    return CorpusPaths(list(cfg.corpus.sources), retrieval_json, cfg.eval.classification_dir)
+
+
+def _holdout(cfg: AlignConfig) -> Path:
+    from components.data.holdout import build_holdout
+
+    holdout = cfg.corpus.eval_holdout
+    by_name = {s.name: s for s in cfg.corpus.sources}
+    if holdout.source not in by_name:
+        raise ValueError(f"corpus.eval_holdout.source {holdout.source!r} is not one of {sorted(by_name)}")
+    folder = Path(cfg.storage.home) / "corpus" / f"holdout-{cfg.section_hash('corpus')}"
+    log.info("rendering the evaluation holdout from source %r under %s", holdout.source, folder)
+    return build_holdout(by_name[holdout.source], holdout, folder)
 
 
 def eval_image_hashes(retrieval_json: str, split: str) -> np.ndarray:
