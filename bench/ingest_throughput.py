@@ -17,6 +17,7 @@ import io
 import json
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -97,11 +98,15 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=6000)
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--nsfw", action="store_true", help="include open_nsfw scoring (not in the baseline)")
+    parser.add_argument("--corpus", default=None, help="keep the generated corpus here and reuse it on the next run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="align-bench-") as tmp:
-        folder = Path(tmp) / "corpus"
-        print(f"writing {args.images} 640x480 JPEG pairs ...", flush=True)
-        paths = write_corpus(folder, args.images)
+        folder = Path(args.corpus) if args.corpus else Path(tmp) / "corpus"
+        paths = sorted(folder.glob("*.jpg"))
+        if len(paths) != args.images:
+            print(f"writing {args.images} 640x480 JPEG pairs ...", flush=True)
+            shutil.rmtree(folder, ignore_errors=True)
+            paths = write_corpus(folder, args.images)
         plain, drafted = bare_loop(paths, draft=False), bare_loop(paths, draft=True)
         baseline = max(plain, drafted)
         rate, report = pipeline_rate(folder, Path(tmp) / "out", args.cpus, args.nsfw)

@@ -133,6 +133,7 @@ class FilterConfig(_Section):
     # Corpora up to this many decoded rows get their statistics merged on the driver and broadcast to
     # every task; larger ones (web scale) use distributed group-bys and hash joins instead.
     broadcast_max_rows: int = 2_000_000
+    show_progress: bool = True  # Ray Data's per-operator progress while the stage runs
 
     def enabled(self, rule: str) -> bool:
         return rule not in self.disabled_rules
@@ -250,12 +251,17 @@ class AlignConfig(_Section):
 
     def config_hash(self) -> str:
         """Hash of everything that shapes a model, so runs can be compared and cached."""
-        payload = self.model_dump(exclude={"storage", "ray", "serve"})
+        payload = self.model_dump(exclude={"storage": True, "ray": True, "serve": True, **_PRESENTATION_ONLY})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def section_hash(self, *sections: str) -> str:
-        payload = {name: getattr(self, name).model_dump() for name in sections}
+        """Hash of some sections: what a cached stage output depends on (display settings excluded)."""
+        payload = {name: getattr(self, name).model_dump(exclude=_PRESENTATION_ONLY.get(name)) for name in sections}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Settings that change what is shown, not what is computed: toggling them must not invalidate caches.
+_PRESENTATION_ONLY: dict[str, set[str]] = {"filter": {"show_progress"}}
 
 
 def _join(base: str, name: str) -> str:

@@ -146,13 +146,16 @@ def run_filter(
     eval_hashes: np.ndarray | None = None,
     config_hash: str = "",
 ) -> FilterResult:
-    with _data_context():
+    with _data_context(cfg.show_progress):
         return _run_filter(sources, output_uri, cfg, eval_hashes, config_hash)
 
 
 @contextmanager
-def _data_context():
+def _data_context(show_progress: bool):
     """Ray Data settings for this stage only, restored afterwards (the driver may train next).
+
+    Progress is shown here even though the lifecycle quiets Ray Data elsewhere: an ingest can run
+    for hours, and its rows/s is what an operator watches.
 
     Operator resource reservation keeps half the CPUs for operators other than the running one; in
     this stage almost all work is one fused read+decode operator, and on a small cluster the
@@ -161,12 +164,17 @@ def _data_context():
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    saved = ctx.op_resource_reservation_enabled
+    ray_data_log = logging.getLogger("ray.data")
+    saved = (ctx.op_resource_reservation_enabled, ctx.enable_progress_bars, ray_data_log.level)
     ctx.op_resource_reservation_enabled = False
+    if show_progress:  # per-operator rows done and rates: a bar on a terminal, periodic log lines otherwise
+        ctx.enable_progress_bars = True
+        ray_data_log.setLevel(logging.INFO)
     try:
         yield
     finally:
-        ctx.op_resource_reservation_enabled = saved
+        ctx.op_resource_reservation_enabled, ctx.enable_progress_bars = saved[:2]
+        ray_data_log.setLevel(saved[2])
 
 
 def _run_filter(

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from components.config import PROJECT_ROOT, AlignConfig, apply_overrides, load_config, resolve_storage
+from components.config import PROJECT_ROOT, AlignConfig, FilterConfig, apply_overrides, load_config, resolve_storage
 
 RECIPES = sorted((PROJECT_ROOT / "configs").glob("*.yaml"))
 
@@ -52,3 +52,18 @@ def test_config_hash_ignores_where_things_are_stored():
 def test_missing_recipe_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="configs/"):
         load_config(Path(tmp_path / "nope.yaml"))
+
+
+def test_display_settings_do_not_invalidate_cached_datasets():
+    cfg = AlignConfig()
+    before = (cfg.section_hash("corpus", "filter"), cfg.config_hash())
+    cfg.filter.show_progress = False
+    assert (cfg.section_hash("corpus", "filter"), cfg.config_hash()) == before
+    cfg.filter.min_words = 2
+    assert cfg.section_hash("corpus", "filter") != before[0]
+
+
+def test_switching_off_an_unknown_rule_is_refused():
+    assert FilterConfig(disabled_rules=["nsfw"]).enabled("image_too_small")
+    with pytest.raises(ValidationError):
+        FilterConfig(disabled_rules=["missing_image"])  # decoding checks cannot be switched off
