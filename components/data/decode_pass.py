@@ -82,9 +82,9 @@ def decode_batch(batch: dict, cfg: FilterConfig, eval_hashes: np.ndarray, scorer
         verdict = verdicts[i]
         if verdict is None and cfg.enabled(schema.RULE_NEAR_DUPLICATE_EVAL):
             verdict = rules.near_duplicate_rule(int(out["dhash"][i]), eval_hashes, cfg)
-        if verdict is None and cfg.enabled(schema.RULE_TEXT_TOO_FEW_WORDS) | cfg.enabled(schema.RULE_TEXT_TOO_MANY_WORDS):
+        if verdict is None:
             verdict = rules.word_count_rule(out["text"][i], cfg)
-            if verdict and not cfg.enabled(verdict[0]):
+            if verdict and not cfg.enabled(verdict[0]):  # the two bounds are switched separately
                 verdict = None
         out["image"].append(encode_jpeg(resized_images[i], cfg.jpeg_quality) if verdict is None else b"")
         out["reject_rule"].append(verdict[0] if verdict else "")
