@@ -1,10 +1,12 @@
-"""Dataset-wide statistics for ALIGN's frequency rules, as Ray Data group-bys and joins.
+"""Dataset-wide statistics for ALIGN's frequency rules, computed over the whole input.
 
-Per-block counting would be wrong: an alt-text shared by 11 images may have them in 11 blocks. And at
-web scale neither the offender lists nor the paper's 100M-entry n-gram vocabulary fit on the driver.
-So everything here stays distributed: counts are group-bys over the whole decoded corpus, the
-vocabulary is a sort + limit over n-gram counts, and rows meet the statistics through hash joins.
-Only small summary numbers come back to the driver.
+Per-block counting would be wrong: an alt-text shared by 11 images may have them in 11 blocks. Two
+strategies give the same verdicts:
+- small corpora (up to ``filter.broadcast_max_rows`` rows): each block pre-aggregates, the driver
+  merges, and the lookups are broadcast to the tasks — no shuffle;
+- web scale, where neither the offender lists nor the paper's 100M-entry n-gram vocabulary fit on the
+  driver: one group-by over the cluster, the vocabulary as a sort + limit, and hash joins back onto
+  the rows. Only summary numbers come back to the driver.
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ import pyarrow.compute as pc
 from components.config import FilterConfig
 from components.data import rules, schema
 
-VERDICT_COLUMNS = ["key", "verdict_rule", "verdict_detail"]
+def _first_verdict(distinct_texts: int | None, distinct_images: int | None, rare_gram: str | None, cfg: FilterConfig):
+    """Rule order among the frequency rules: image carrying many texts, shared text, rare token."""
+    if distinct_texts is not None:
+        return rules.image_many_texts_verdict(distinct_texts, cfg)
+    if distinct_images is not None:
+        return rules.text_many_images_verdict(distinct_images, cfg)
+    if rare_gram is not None:
+        return rules.rare_token_verdict(rare_gram, cfg)
+    return None
 
 
 @dataclass
@@ -29,15 +39,9 @@ class BroadcastStats:
     vocabulary: frozenset[str] | None  # top-N n-grams; None when every n-gram is in the top N
 
     def verdict(self, sha: str, text_norm: str, text: str, cfg: FilterConfig) -> tuple[str, str] | None:
-        if sha in self.heavy_images:
-            return rules.image_many_texts_verdict(self.heavy_images[sha], cfg)
-        if text_norm in self.shared_texts:
-            return rules.text_many_images_verdict(self.shared_texts[text_norm], cfg)
-        if self.vocabulary is not None:
-            rare = sorted(set(rules.ngrams(text)) - self.vocabulary)
-            if rare:
-                return rules.rare_token_verdict(rare[0], cfg)
-        return None
+        rare = sorted(set(rules.ngrams(text)) - self.vocabulary) if self.vocabulary is not None else []
+        # The alphabetically first rare n-gram, as the join path's Min aggregation picks.
+        return _first_verdict(self.heavy_images.get(sha), self.shared_texts.get(text_norm), rare[0] if rare else None, cfg)
 
 
 @dataclass
@@ -139,20 +143,14 @@ def _rare_grams(counts, alive, cfg: FilterConfig, partitions: int):
 
 
 def _phrase(batch: pa.Table, cfg: FilterConfig) -> pa.Table:
-    """One verdict per row, in rule order: image carrying many texts, shared text, rare token."""
+    """One verdict per joined row (columns absent when no row was flagged by that statistic)."""
     n = batch.num_rows
     heavy = batch["distinct_texts"].to_pylist() if "distinct_texts" in batch.column_names else [None] * n
     shared = batch["distinct_images"].to_pylist() if "distinct_images" in batch.column_names else [None] * n
     rare = batch["rare_ngram"].to_pylist() if "rare_ngram" in batch.column_names else [None] * n
     out_rule, out_detail = [], []
     for texts, images, gram in zip(heavy, shared, rare, strict=True):
-        verdict = ("", "")
-        if texts is not None:
-            verdict = rules.image_many_texts_verdict(texts, cfg)
-        elif images is not None:
-            verdict = rules.text_many_images_verdict(images, cfg)
-        elif gram is not None:
-            verdict = rules.rare_token_verdict(gram, cfg)
+        verdict = _first_verdict(texts, images, gram, cfg) or ("", "")
         out_rule.append(verdict[0])
         out_detail.append(verdict[1])
     table = pa.table({"key": batch["key"], "verdict_rule": out_rule, "verdict_detail": out_detail})

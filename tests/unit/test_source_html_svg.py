@@ -31,7 +31,7 @@ def _site(tmp_path, page: bytes, files: dict[str, bytes] | None = None, name: st
     page_path.parent.mkdir(parents=True, exist_ok=True)
     page_path.write_bytes(page)
     source = SourceConfig(name="web", format="html", path=str(site))
-    return source, str(page_path), html.source_root(source)
+    return source, str(page_path), common.confinement_root(source.path, source.root)
 
 
 def _read(tmp_path, page: bytes, files: dict[str, bytes] | None = None) -> list[dict]:
@@ -179,7 +179,7 @@ def test_an_unreadable_page_yields_one_page_record(tmp_path):
 
 def test_html_read_uses_the_configured_root(tmp_path):
     source = SourceConfig(name="web", format="html", path=str(tmp_path / "site"), root=str(tmp_path))
-    assert html.source_root(source) == str(tmp_path)
+    assert common.confinement_root(source.path, source.root) == str(tmp_path)
 
 
 # ---------------------------------------------------------------- SVG

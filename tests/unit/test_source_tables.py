@@ -20,6 +20,7 @@ from PIL import Image
 from components.config import SourceConfig
 from components.data import schema
 from components.data.sources import tables, webdataset
+from components.data.sources.common import confinement_root
 from components.data.sources.tables import read_img2dataset_file, read_table_file
 from components.data.sources.webdataset import read_shard, split_member_name
 
@@ -261,7 +262,7 @@ def table_source(folder, **update) -> SourceConfig:
 
 
 def read_table(path, source: SourceConfig) -> dict[str, dict]:
-    return by_key(read_table_file(str(path), source, root=tables._root_path(source)))
+    return by_key(read_table_file(str(path), source, root=confinement_root(source.path, source.root)))
 
 
 def test_csv_with_quoted_commas_and_newlines(corpus):

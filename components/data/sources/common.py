@@ -56,6 +56,11 @@ def source_root(uri: str) -> str:
     return path if fs.get_file_info(path).type == pafs.FileType.Directory else posixpath.dirname(path)
 
 
+def confinement_root(source_path: str, root: str = "") -> str:
+    """The folder a source's relative image references must stay in: ``root`` if set, else the source's."""
+    return filesystem(root)[1] if root else source_root(source_path)
+
+
 def relative_id(path: str, root: str) -> str:
     """A stable id for ``path`` under ``root``: the relative path without its extension."""
     return posixpath.splitext(posixpath.relpath(path, root))[0]

@@ -166,13 +166,10 @@ def read_page(path: str, source: SourceConfig, root: str) -> list[dict]:
     return records
 
 
-def source_root(source: SourceConfig) -> str:
-    """The folder image paths must stay in: ``source.root`` if set, else the source folder."""
-    return common.filesystem(source.root)[1] if source.root else common.source_root(source.path)
 
 
 def read(source: SourceConfig):
     """A Ray dataset of raw records, one per ``<img>`` of every page under ``source.path``."""
-    root = source_root(source)
+    root = common.confinement_root(source.path, source.root)
     paths = common.list_files(source.path, SUFFIXES, source.max_files)
     return common.per_file_dataset(paths, partial(read_page, source=source, root=root))

@@ -255,6 +255,6 @@ def read_svg(path: str, source: SourceConfig, root: str) -> list[dict]:
 
 def read(source: SourceConfig):
     """A Ray dataset of raw records, one per SVG under ``source.path``."""
-    root = common.filesystem(source.root)[1] if source.root else common.source_root(source.path)
+    root = common.confinement_root(source.path, source.root)
     paths = common.list_files(source.path, SUFFIXES, source.max_files)
     return common.per_file_dataset(paths, partial(read_svg, source=source, root=root))

@@ -25,6 +25,7 @@ from components.data.sources.common import (
     Verdict,
     check_local_symlinks,
     confine,
+    confinement_root,
     filesystem,
     list_files,
     per_file_dataset,
@@ -223,11 +224,6 @@ def read_img2dataset_file(path: str, source: SourceConfig, root: str = "") -> li
 # --- entry point ---------------------------------------------------------------------------------
 
 
-def _root_path(source: SourceConfig) -> str:
-    """The folder (inside the filesystem) that image paths must stay in."""
-    return filesystem(source.root)[1] if source.root else source_root(source.path)
-
-
 def read(source: SourceConfig):
     """A Ray dataset of raw records for a ``table`` or ``img2dataset_parquet`` source, one task per file."""
     if source.format == "img2dataset_parquet":
@@ -235,7 +231,8 @@ def read(source: SourceConfig):
         reader = partial(read_img2dataset_file, source=source, root=source_root(source.path))
     elif source.format == "table":
         paths = list_files(source.path, TABLE_SUFFIXES, source.max_files)
-        reader = partial(read_table_file, source=source, root=_root_path(source), id_root=source_root(source.path))
+        root = confinement_root(source.path, source.root)
+        reader = partial(read_table_file, source=source, root=root, id_root=source_root(source.path))
     else:
         raise ValueError(f"source {source.name}: the tables reader cannot read format {source.format!r}")
     return per_file_dataset(paths, reader, files_per_block=1)
