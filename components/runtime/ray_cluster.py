@@ -120,7 +120,53 @@ def stop_local_head(home: str) -> bool:
         return False
     running = _listening(state["address"])
     if running:
-        ray_cli = Path(sys.executable).with_name("ray")
-        subprocess.run([str(ray_cli), "stop", "--grace-period", "20"], env=_auth_env(), capture_output=True, timeout=120)
+        _terminate(_head_processes(int(state["address"].rsplit(":", 1)[1])), grace_s=10)
     (_state_dir(home) / HEAD_STATE).unlink(missing_ok=True)
     return running
+
+
+def _head_processes(port: int) -> list:
+    """The processes of the head whose GCS listens on ``port``: those sharing its session directory.
+
+    ``ray stop`` would stop every Ray instance on the machine (another user's, a parallel test run's);
+    this finds ours through the GCS server's command line instead.
+    """
+    import psutil
+
+    def cmdline(process) -> list[str]:
+        try:
+            return process.info["cmdline"] or []
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return []
+
+    processes = list(psutil.process_iter(["cmdline"]))
+    session = next(
+        (
+            arg.split("=", 1)[1]
+            for p in processes
+            if f"--gcs_server_port={port}" in cmdline(p)
+            for arg in cmdline(p)
+            if arg.startswith("--session-dir=")
+        ),
+        None,
+    )
+    if session is None:
+        return []
+    return [p for p in processes if p.pid != os.getpid() and any(session in arg for arg in cmdline(p))]
+
+
+def _terminate(processes: list, grace_s: float) -> None:
+    """SIGTERM, then SIGKILL whatever is still alive after ``grace_s``."""
+    import psutil
+
+    for process in processes:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
