@@ -56,7 +56,8 @@ def decode_image(data: bytes, max_pixels: int, min_short_side: int = 0) -> tuple
             image.load()
             # EXIF orientations 5-8 swap the sides; the size rules see the image as displayed.
             swapped = image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
-        image = _to_rgb(ImageOps.exif_transpose(image))
+        ImageOps.exif_transpose(image, in_place=True)  # in place: the default returns a full copy (~6% of decode)
+        image = _to_rgb(image)
         image.info["original_size"] = (height, width) if swapped else (width, height)
         return image, None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as err:
