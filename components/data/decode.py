@@ -57,14 +57,14 @@ def decode_image(data: bytes, max_pixels: int, min_short_side: int = 0) -> tuple
             # EXIF orientations 5-8 swap the sides; the size rules see the image as displayed.
             swapped = image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
         ImageOps.exif_transpose(image, in_place=True)  # in place: the default returns a full copy (~6% of decode)
-        image = _to_rgb(image)
+        image = to_rgb(image)
         image.info["original_size"] = (height, width) if swapped else (width, height)
         return image, None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as err:
         return None, (schema.RULE_IMAGE_UNDECODABLE, f"{type(err).__name__}: {err}"[:300])
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """RGB for any mode; transparency becomes white (clip art and logos are drawn on a page, not on black)."""
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")

@@ -104,6 +104,14 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> tuple[bytes, Verdict]:
         return b"", (schema.RULE_UNREADABLE, f"{type(err).__name__}: {err}"[:300])
 
 
+def read_confined(fs: pafs.FileSystem, root: str, path: str) -> tuple[bytes, Verdict]:
+    """Read ``path`` (already resolved by ``confine``) unless a local symlink leads out of ``root``."""
+    verdict = check_local_symlinks(fs, root, path)
+    if verdict is not None:
+        return b"", verdict
+    return read_bytes(fs, path)
+
+
 def raw_record(
     key: str, source: str, locator: str, image: bytes = b"", caption: bytes = b"", verdict: Verdict = None
 ) -> dict:

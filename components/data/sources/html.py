@@ -128,13 +128,6 @@ def harvest_page(page: bytes, page_path: str, root: str) -> list[dict]:
     return entries
 
 
-def _load_image(fs, root: str, path: str) -> tuple[bytes, Verdict]:
-    verdict = common.check_local_symlinks(fs, root, path)
-    if verdict is not None:
-        return b"", verdict
-    return common.read_bytes(fs, path)
-
-
 def read_page(path: str, source: SourceConfig, root: str) -> list[dict]:
     """The raw records of one page: one per ``<img>``, or one ``#page`` record if the page is unreadable."""
     fs, _ = common.filesystem(source.path)
@@ -151,7 +144,7 @@ def read_page(path: str, source: SourceConfig, root: str) -> list[dict]:
         image, verdict = b"", entry["verdict"]
         if verdict is None:
             if entry["image_path"] not in loaded:
-                loaded[entry["image_path"]] = _load_image(fs, root, entry["image_path"])
+                loaded[entry["image_path"]] = common.read_confined(fs, root, entry["image_path"])
             image, verdict = loaded[entry["image_path"]]
         records.append(
             common.raw_record(

@@ -194,10 +194,10 @@ def output_size(size: tuple[float, float], short_side: int, max_pixels: int) -> 
 def _on_white(png: bytes) -> bytes:
     from PIL import Image
 
+    from components.data.decode import to_rgb
+
     with Image.open(io.BytesIO(png)) as image:
-        rgba = image.convert("RGBA")
-    flat = Image.new("RGB", rgba.size, (255, 255, 255))
-    flat.paste(rgba, mask=rgba.getchannel("A"))
+        flat = to_rgb(image)
     out = io.BytesIO()
     flat.save(out, format="PNG")
     return out.getvalue()

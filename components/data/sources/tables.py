@@ -23,14 +23,13 @@ from components.config import SourceConfig
 from components.data import schema
 from components.data.sources.common import (
     Verdict,
-    check_local_symlinks,
     confine,
     confinement_root,
     filesystem,
     list_files,
     per_file_dataset,
     raw_record,
-    read_bytes,
+    read_confined,
     relative_id,
     scheme_prefix,
     source_root,
@@ -105,11 +104,9 @@ def _load_image(fs: pafs.FileSystem, root: str, table_dir: str, reference: bytes
     except UnicodeDecodeError:
         return b"", (schema.RULE_UNREADABLE, f"image path {reference[:200]!r} is not UTF-8")
     resolved, verdict = confine(root, table_dir, text)
-    if verdict is None:
-        verdict = check_local_symlinks(fs, root, resolved)
     if verdict is not None:
         return b"", verdict
-    return read_bytes(fs, resolved)
+    return read_confined(fs, root, resolved)
 
 
 def _table_row(
