@@ -1,11 +1,19 @@
 """Ingest + filter throughput per core, against a bare single-process PIL loop over the same files.
 
 Baseline (same run, same files): for each image, PIL decode -> resize shorter side to 256 -> JPEG
-encode, in one process; measured with and without JPEG draft-mode decoding, before and after the
-candidate (averaged), and the faster of the two variants is the baseline. Candidate: the whole data stage (``run_filter``: read, decode, every per-record rule,
-hashes, dataset-wide group-bys and joins, resize, write Parquet, check the invariant) on a local Ray
-instance with ``--cpus`` CPUs, after a small warm-up run that starts Ray's worker processes. Prints images/s/core for both and the ratio (target >= 0.8); writes
-JSON under bench/results/.
+encode, in one process, with and without JPEG draft-mode decoding (the faster variant counts). It is
+measured two ways, each before and after the candidate (averaged, so drift hits both sides alike):
+
+- *alone*: one loop on an otherwise idle machine;
+- *per core, all cores busy*: one loop per core at once, each over its share of the files. This is
+  the per-core rate the machine offers when every core works, as it does under the pipeline (a VM's
+  cores may share caches, memory bandwidth and turbo headroom, so one loop alone can run faster).
+
+Candidate: the whole data stage (``run_filter``: read, decode, every per-record rule, hashes,
+dataset-wide statistics, resize, write Parquet, check the invariant) on a local Ray instance with
+``--cpus`` CPUs, after a small warm-up run that starts Ray's worker processes. Prints images/s/core
+and both ratios; the target (>= 0.8) applies to the all-cores-busy one. Writes JSON under
+bench/results/.
 
     .venv/bin/python bench/ingest_throughput.py [--images 6000] [--cpus 2] [--nsfw]
 """
@@ -15,11 +23,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
 import os
 import random
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -68,6 +78,29 @@ def bare_loop(paths: list[Path], draft: bool) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
+def _bare_share(paths: list[Path], draft: bool) -> tuple[int, float]:
+    start = time.perf_counter()
+    bare_loop(paths, draft)
+    return len(paths), time.perf_counter() - start
+
+
+def bare_loops_all_cores(paths: list[Path], draft: bool, cores: int) -> float:
+    """Images per second per core with ``cores`` bare loops running at once on disjoint shares."""
+    shares = [paths[i::cores] for i in range(cores)]
+    with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(time.sleep, [0.1] * cores))  # start the processes before timing
+        done = list(pool.map(_bare_share, shares, [draft] * cores))
+    return sum(count for count, _ in done) / max(seconds for _, seconds in done) / cores
+
+
+def baselines(paths: list[Path], cores: int) -> dict[str, float]:
+    """The faster of plain and draft decoding, alone and with every core busy."""
+    return {
+        "alone": max(bare_loop(paths, draft=False), bare_loop(paths, draft=True)),
+        "all_cores_busy": max(bare_loops_all_cores(paths, False, cores), bare_loops_all_cores(paths, True, cores)),
+    }
+
+
 def pipeline_rate(folder: Path, out: Path, cpus: int, nsfw: bool) -> tuple[float, dict]:
     import ray
 
@@ -107,22 +140,22 @@ def main() -> None:
             print(f"writing {args.images} 640x480 JPEG pairs ...", flush=True)
             shutil.rmtree(folder, ignore_errors=True)
             paths = write_corpus(folder, args.images)
-        # The bare loop runs before and after the pipeline (means), so drift in the machine's speed
-        # during the run affects both sides alike.
-        plain, drafted = bare_loop(paths, draft=False), bare_loop(paths, draft=True)
+        before = baselines(paths, args.cpus)
         rate, report = pipeline_rate(folder, Path(tmp) / "out", args.cpus, args.nsfw)
-        plain, drafted = (plain + bare_loop(paths, draft=False)) / 2, (drafted + bare_loop(paths, draft=True)) / 2
-        baseline = max(plain, drafted)
+        after = baselines(paths, args.cpus)
+    bare = {kind: (before[kind] + after[kind]) / 2 for kind in before}
     per_core = rate / args.cpus
     result = {
         "images": args.images,
         "cpus": args.cpus,
         "nsfw": args.nsfw,
-        "bare_loop_images_per_s": round(plain, 1),
-        "bare_loop_draft_images_per_s": round(drafted, 1),
+        "bare_loop_images_per_s_alone": round(bare["alone"], 1),
+        "bare_loop_images_per_s_per_core_all_cores_busy": round(bare["all_cores_busy"], 1),
         "pipeline_images_per_s": round(rate, 1),
         "pipeline_images_per_s_per_core": round(per_core, 1),
-        "ratio_per_core_vs_best_bare_loop": round(per_core / baseline, 3),
+        "ratio_per_core_vs_bare_loop_all_cores_busy": round(per_core / bare["all_cores_busy"], 3),
+        "ratio_per_core_vs_bare_loop_alone": round(per_core / bare["alone"], 3),
+        "target": 0.8,
         "pipeline_phase_seconds": report["seconds"],
         "rows_kept": report["rows_kept"],
         "rows_rejected": report["rows_rejected"],

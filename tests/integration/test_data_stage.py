@@ -128,6 +128,9 @@ def test_orphan_files_are_rejected_not_dropped(ray_session, tmp_path):
     assert result.report["rows_in"] == 3 and result.report["rows_kept"] == 1
     assert result.report["rejected_by_rule"][schema.RULE_MISSING_CAPTION] == 1
     assert result.report["rejected_by_rule"][schema.RULE_MISSING_IMAGE] == 1
+    # A second run into the same folder would mix two outputs: refused before anything runs.
+    with pytest.raises(FileExistsError, match="already holds a filter output"):
+        run_filter(_sidecar(corpus), str(tmp_path / "out"), FilterConfig(vocab_top_n=1000))
 
 
 def test_lost_rows_fail_the_stage(ray_session, tmp_path, monkeypatch):
