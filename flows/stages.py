@@ -17,9 +17,9 @@ def ingest_flow(config: dict) -> dict:
 @flow(name="align-train")
 def train_flow(config: dict) -> dict:
     cfg = AlignConfig.model_validate(config)
-    _, dataset = ingest_task(cfg)
+    corpus, dataset = ingest_task(cfg)
     run_id = start_run_task(cfg, dataset)
-    trained = train_task(cfg, dataset.kept_uri, run_id)
+    trained = train_task(cfg, dataset.kept_uri, run_id, corpus.retrieval_json)
     return {"run_id": run_id, "artifact_dir": trained.artifact_dir, "checkpoint": trained.checkpoint_path}
 
 

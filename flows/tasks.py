@@ -41,12 +41,12 @@ def start_run_task(cfg: AlignConfig, dataset) -> str:
 
 
 @task(name="train", cache_policy=NONE)
-def train_task(cfg: AlignConfig, kept_uri: str, run_id: str):
+def train_task(cfg: AlignConfig, kept_uri: str, run_id: str, validation_json: str = ""):
     from components.runtime.ray_cluster import connect
     from components.train.stage import train_stage
 
     connect(cfg)
-    return train_stage(cfg, kept_uri, run_id)
+    return train_stage(cfg, kept_uri, run_id, validation_json)
 
 
 @task(name="evaluate", cache_policy=NONE)

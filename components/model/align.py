@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,12 +14,42 @@ from components.model.towers import ImageTower, TextTower
 
 
 class AlignModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, pretrained_image: bool = False):
+    """Built from a ``ModelConfig``; pretrained sources in it are loaded unless ``load_pretrained=False``.
+
+    ``load_pretrained=False`` builds the identical architecture without the pretrained weights, for a
+    checkpoint or artifact to fill. With the ``bert_config`` and image mean/std an artifact saved it
+    does not touch the pretrained packages at all, so an artifact loads on any machine.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        load_pretrained: bool = True,
+        bert_config: dict | None = None,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+    ):
         super().__init__()
         self.cfg = cfg
-        self.image_tower = ImageTower(cfg.image_tower, pretrained=pretrained_image)
+        self.image_tower = ImageTower(
+            cfg.image_tower,
+            cfg.image_pretrained,
+            load_pretrained=load_pretrained,
+            mean=image_mean,
+            std=image_std,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            frozen=cfg.freeze_image_tower,
+        )
         self.embed_dim = self.image_tower.embed_dim
-        self.text_tower = TextTower(cfg.text, self.embed_dim)
+        self.text_tower = TextTower(
+            cfg.text,
+            self.embed_dim,
+            load_pretrained=load_pretrained,
+            bert_config=bert_config,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            frozen=cfg.freeze_text_tower,
+        )
         # Learnt in log space so it stays positive; clamped in ``temperature`` so it cannot run to
         # zero (logits -> inf -> NaN), a failure open_clip users report.
         log_t = torch.tensor(math.log(cfg.init_temperature))

@@ -3,9 +3,14 @@
 Layout of an artifact directory::
 
     model.safetensors     weights (safetensors: no code runs on load)
-    align_config.json     the ModelConfig that builds the architecture, plus embed_dim
+    align_config.json     the ModelConfig, embed_dim, and what pretrained sources resolved to:
+                          bert_config (the BERT's full HF config) and image_mean/image_std
     tokenizer/            Hugging Face tokenizer files
     index/                optional search index written by the registry (embeddings.npy, items.json)
+
+The resolved keys let ``load_model`` rebuild a model that started from pretrained packages without
+those packages (``AlignModel(..., load_pretrained=False)``); artifacts written before they existed
+still load (their BERT is built from the ModelConfig sizes, their normalisation from timm).
 """
 
 from __future__ import annotations
@@ -40,7 +45,13 @@ def save_artifact(model: torch.nn.Module, tokenizer, directory: str | Path) -> P
     core = unwrap(model)
     state = {k: v.detach().cpu().contiguous() for k, v in core.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
-    meta = {"model": core.cfg.model_dump(), "embed_dim": core.embed_dim}
+    meta = {
+        "model": core.cfg.model_dump(),
+        "embed_dim": core.embed_dim,
+        "bert_config": core.text_tower.bert_config,
+        "image_mean": list(core.image_tower.mean),
+        "image_std": list(core.image_tower.std),
+    }
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     save_tokenizer(tokenizer, directory / TOKENIZER_DIR)
     return directory
@@ -49,7 +60,15 @@ def save_artifact(model: torch.nn.Module, tokenizer, directory: str | Path) -> P
 def load_model(directory: str | Path) -> tuple[AlignModel, object]:
     directory = Path(directory)
     meta = json.loads((directory / CONFIG_FILE).read_text())
-    model = AlignModel(ModelConfig.model_validate(meta["model"]))
+    model = AlignModel(
+        ModelConfig.model_validate(meta["model"]),
+        load_pretrained=False,  # the weights file holds every tensor; the pretrained packages are not needed
+        bert_config=meta.get("bert_config"),
+        image_mean=meta.get("image_mean"),
+        image_std=meta.get("image_std"),
+    )
+    if model.embed_dim != meta["embed_dim"]:
+        raise ValueError(f"{directory}: rebuilt model embeds to {model.embed_dim}-d, artifact says {meta['embed_dim']}")
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     model.eval()
     return model, load_tokenizer(directory / TOKENIZER_DIR)

@@ -125,6 +125,23 @@ def stop_local_head(home: str) -> bool:
     return running
 
 
+def local_head_processes(home: str) -> list:
+    """Every process of the head this state folder started, its Ray worker processes included."""
+    state = read_head_state(home)
+    if not state:
+        return []
+    import psutil
+
+    found = {}
+    for process in _head_processes(int(state["address"].rsplit(":", 1)[1])):
+        found[process.pid] = process
+        try:
+            found |= {child.pid: child for child in process.children(recursive=True)}
+        except psutil.NoSuchProcess:
+            continue
+    return list(found.values())
+
+
 def _head_processes(port: int) -> list:
     """The processes of the head whose GCS listens on ``port``: those sharing its session directory.
 

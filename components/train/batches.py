@@ -1,30 +1,42 @@
-"""Turn a batch of stored pairs (JPEG bytes + text) into model inputs, inside each train worker.
+"""Model inputs from the stored pairs (JPEG bytes + text), inside each train worker, in a resumable order.
 
 Decoding and augmentation run in the worker that consumes the batch, so the data path scales with the
-number of workers and its cost shows up in the logged ``data_time``.
+number of workers and its cost shows up in the logged data-wait time. The order of batches is a pure
+function of (seed, rank, epoch), so a resumed run continues with exactly the batches the interrupted
+one would have seen next.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
+from collections.abc import Iterator
 
+import numpy as np
 import torch
 from PIL import Image
 
-from components.config import ModelConfig
+from components.config import AlignConfig, ModelConfig
 from components.model.artifact import tokenize
 from components.model.preprocess import build_pipeline, to_batch
+from components.train.checkpointing import Position
 
 
 class BatchBuilder:
-    def __init__(self, cfg: ModelConfig, tokenizer, mean, std, seed: int):
+    """Decode, augment and tokenize one batch; the augmentation draws from the generator it is given."""
+
+    def __init__(self, cfg: ModelConfig, tokenizer, mean, std):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.mean, self.std = mean, std
-        self.augment = build_pipeline(cfg.train_preprocess, rng=random.Random(seed))
+        self._rng = random.Random(0)
+        # The pipeline's steps hold this generator; reseeding it per batch makes a batch's crops and
+        # flips depend only on the seed it is given, not on what ran before.
+        self.augment = build_pipeline(cfg.train_preprocess, rng=self._rng)
 
-    def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: dict, seed: int) -> dict[str, torch.Tensor]:
+        self._rng.seed(seed)
         images = [self.augment(Image.open(io.BytesIO(data))) for data in batch["image"]]
         tokens = tokenize(self.tokenizer, [str(t) for t in batch["text"]], self.cfg)
         return {
@@ -32,3 +44,67 @@ class BatchBuilder:
             "input_ids": tokens["input_ids"],
             "attention_mask": tokens["attention_mask"],
         }
+
+
+def iterate_batches(
+    shard, cfg: AlignConfig, local_batch: int, rank: int, world: int, start: Position
+) -> Iterator[tuple[int, int, dict]]:
+    """Yield ``(epoch, batch_in_epoch, batch)`` forever from ``start`` on (epochs count from 0).
+
+    Cached (``train.cache_shard``): ``shard`` is the whole dataset; it is read into memory once,
+    ordered by content, and this rank keeps every ``world``-th row, so the split and the per-epoch
+    permutation are the same on every run and jumping to the resume position is free. Streamed:
+    ``shard`` is this rank's split, re-read each epoch with a per-epoch local shuffle seed; on resume
+    the batches already trained in the current epoch are read and skipped (which rows Ray's dynamic
+    split hands to a rank can differ between runs; the position in the epoch does not).
+    """
+    if cfg.train.cache_shard:
+        yield from _cached(shard, cfg, local_batch, rank, world, start)
+        return
+    epoch, skip = start.epoch, start.batch_in_epoch
+    while True:
+        shuffle = cfg.train.shuffle_buffer
+        batches = shard.iter_batches(
+            batch_size=local_batch,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=shuffle or None,
+            local_shuffle_seed=_epoch_seed(cfg.seed, rank, epoch) % (2**32) if shuffle else None,
+        )
+        index = -1
+        for index, batch in enumerate(batches):
+            if index >= skip:
+                yield epoch, index, batch
+        if index < 0:
+            raise ValueError(f"worker {rank}'s shard holds fewer rows than its batch of {local_batch}")
+        epoch, skip = epoch + 1, 0
+
+
+def _cached(dataset, cfg: AlignConfig, local_batch: int, rank: int, world: int, start: Position):
+    cached = list(dataset.iter_batches(batch_size=4096, batch_format="numpy"))
+    columns = {k: np.concatenate([b[k] for b in cached]) for k in cached[0]} if cached else {}
+    # Rows arrive in whatever order the read produced; order them by content, then deal them out.
+    # Every rank gets the same number of rows (the remainder of the division is left out).
+    total = len(next(iter(columns.values()))) if columns else 0
+    columns = {k: v[rank : total - total % world : world] for k, v in _sorted_by_content(columns).items()} if total else {}
+    rows = total // world
+    if rows < local_batch:
+        raise ValueError(f"worker {rank} holds {rows} rows, fewer than its batch of {local_batch}")
+    per_epoch = rows // local_batch
+    epoch, skip = start.epoch, start.batch_in_epoch
+    while True:
+        order = np.random.default_rng(_epoch_seed(cfg.seed, rank, epoch)).permutation(rows)
+        for index in range(skip, per_epoch):
+            rows_of_batch = order[index * local_batch : (index + 1) * local_batch]
+            yield epoch, index, {k: v[rows_of_batch] for k, v in columns.items()}
+        epoch, skip = epoch + 1, 0
+
+
+def _epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, epoch, 0x5EED]).generate_state(1, np.uint64)[0])
+
+
+def _sorted_by_content(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    keys = [hashlib.sha1(bytes(image) + str(text).encode()).digest() for image, text in zip(columns["image"], columns["text"], strict=True)]
+    order = np.argsort(np.array(keys, dtype=object), kind="stable")
+    return {k: v[order] for k, v in columns.items()}

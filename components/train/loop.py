@@ -1,13 +1,15 @@
 """The per-worker training loop run by Ray Train's TorchTrainer.
 
 Each worker builds the same model (same seed), DDP averages gradients, the loss sees the global batch
-through an all-gather with gradient, and rank 0 logs to MLflow (Ray Train V2 rejects MLflow callbacks).
-Checkpoints hold safetensors weights plus a tensors-only training state, so resuming never unpickles
-arbitrary objects.
+through an all-gather with gradient, and rank 0 logs to MLflow (Ray Train V2 rejects MLflow callbacks)
+and prints progress. Randomness is a function of (seed, rank, step) and the data order of (seed, rank,
+epoch), so a run restarted from a checkpoint — after a lost worker or a re-run — trains the same
+steps it would have trained without the interruption.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -17,51 +19,135 @@ import torch
 
 from components.config import AlignConfig
 from components.model.align import AlignModel
-from components.model.artifact import TOKENIZER_DIR, WEIGHTS_FILE, save_artifact, unwrap
+from components.model.artifact import TOKENIZER_DIR
 from components.model.loss import ContrastiveLoss
 from components.model.tokenizer import load_tokenizer
-from components.train.batches import BatchBuilder
+from components.train.batches import BatchBuilder, iterate_batches
+from components.train.checkpointing import Position, restore_checkpoint, save_checkpoint, step_seed
 from components.train.schedule import build_optimizer, build_scheduler
+from components.train.step import train_step
+from components.train.validation import validation_metrics
 
-STATE_FILE = "training_state.pt"
-
-
-def _mlflow_client(tracking_uri: str):
-    import mlflow
-
-    return mlflow.MlflowClient(tracking_uri=tracking_uri)
-
-
-def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> None:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
-
-
-def _save_checkpoint(directory: Path, model, tokenizer, optimizer, scheduler, step: int) -> None:
-    save_artifact(model, tokenizer, directory)
-    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}
-    torch.save(state, directory / STATE_FILE)
-
-
-def _restore(checkpoint, model, optimizer, scheduler) -> int:
-    from safetensors.torch import load_file
-
-    with checkpoint.as_directory() as directory:
-        unwrap(model).load_state_dict(load_file(os.path.join(directory, WEIGHTS_FILE)))
-        state = torch.load(os.path.join(directory, STATE_FILE), weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return int(state["step"])
+log = logging.getLogger("align.train")
 
 
 def _materialise_tokenizer(files: dict[str, str]):
     """The tokenizer travels inside the loop config, so workers on other nodes need no shared disk."""
-    directory = Path(tempfile.mkdtemp(prefix="align-tokenizer-"))
-    for name, text in files.items():
-        (directory / name).write_text(text)
-    return load_tokenizer(directory)
+    with tempfile.TemporaryDirectory(prefix="align-tokenizer-") as directory:
+        for name, text in files.items():
+            (Path(directory) / name).write_text(text)
+        return load_tokenizer(directory)
+
+
+def sync_batchnorm(model: torch.nn.Module, enabled: bool, device: torch.device, world: int) -> torch.nn.Module:
+    """BatchNorm statistics over the global batch; torch implements that for GPUs (and XPUs) only."""
+    if not enabled or world == 1:
+        return model
+    if device.type == "cpu":
+        raise ValueError("train.sync_batchnorm needs GPU workers: torch's SyncBatchNorm does not run on CPU")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+class _Window:
+    """Running sums between two log points; their means are what gets logged."""
+
+    def __init__(self):
+        self.loss = self.data_time = self.step_time = 0.0
+        self.steps = 0
+
+    def add(self, loss: float, data_time: float, step_time: float) -> None:
+        self.loss += loss
+        self.data_time += data_time
+        self.step_time += step_time
+        self.steps += 1
+
+    def metrics(self, global_batch: int) -> dict[str, float]:
+        n = max(self.steps, 1)
+        return {
+            "train/loss": self.loss / n,
+            "train/data_time": self.data_time / n,
+            "train/step_time": self.step_time / n,
+            "train/data_wait_fraction": self.data_time / max(self.step_time, 1e-9),
+            "train/samples_per_s": global_batch * n / max(self.step_time, 1e-9),
+        }
+
+
+class _Rank0Reporter:
+    """MLflow metrics (and system metrics) plus a console line, from rank 0 only."""
+
+    def __init__(self, loop_config: dict, cfg: AlignConfig, rank: int):
+        self.client = self.monitor = None
+        self.run_id = loop_config.get("run_id") if rank == 0 else None
+        self.validation_pairs = loop_config.get("validation") if rank == 0 and cfg.train.val_every > 0 else None
+        self.total = cfg.train.steps
+        self.enabled = rank == 0
+        if self.run_id:
+            import mlflow
+
+            self.client = mlflow.MlflowClient(tracking_uri=loop_config["tracking_uri"])
+            if cfg.train.log_system_metrics:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+                self.monitor = SystemMetricsMonitor(
+                    self.run_id, sampling_interval=10, resume_logging=True, tracking_uri=loop_config["tracking_uri"]
+                )
+                self.monitor.start()
+
+    def log_params(self, cfg: AlignConfig, world: int) -> None:
+        """The model and training settings as flat MLflow params (once, at a fresh start: MLflow
+        refuses to change a param's value, and a resumed run may have been given more steps)."""
+        if self.client is None:
+            return
+        from mlflow.entities import Param
+
+        flat = _flatten({"model": cfg.model.model_dump(), "train": cfg.train.model_dump(), "seed": cfg.seed})
+        flat |= {"train.world_size": world, "train.local_batch_size": cfg.train.global_batch_size // world}
+        params = [Param(key, str(value)[:500]) for key, value in sorted(flat.items())]
+        for start in range(0, len(params), 100):  # MLflow's limit per batch
+            self.client.log_batch(self.run_id, params=params[start : start + 100])
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.client is not None:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def report(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        self.log(metrics, step)
+        print(
+            f"[align.train] step {step}/{self.total}  loss {metrics['train/loss']:.4f}  "
+            f"T {metrics['train/temperature']:.4f}  lr {metrics['train/lr']:.2e}  "
+            f"{metrics['train/samples_per_s']:.1f} samples/s  data wait {100 * metrics['train/data_wait_fraction']:.0f}%",
+            flush=True,
+        )
+
+    def validate(self, model, tokenizer, pairs: dict, step: int) -> None:
+        if not self.enabled:
+            return
+        metrics = validation_metrics(model, tokenizer, pairs)
+        self.log(metrics, step)
+        print(
+            f"[align.train] step {step}/{self.total}  val text->image R@1 {metrics['val/text_to_image/R_at_1']:.3f}  "
+            f"mean recall {metrics['val/mean_recall']:.3f}",
+            flush=True,
+        )
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -74,8 +160,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if cfg.train.global_batch_size % world:
         raise ValueError(f"global_batch_size {cfg.train.global_batch_size} is not divisible by {world} workers")
     local_batch = cfg.train.global_batch_size // world
-    threads = cfg.train.torch_threads_per_worker or max(1, int(cfg.train.cpus_per_worker))
-    torch.set_num_threads(threads)
+    torch.set_num_threads(cfg.train.torch_threads_per_worker or max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
 
     checkpoint = ray.train.get_checkpoint()
@@ -86,113 +171,82 @@ def train_loop_per_worker(loop_config: dict) -> None:
         tokenizer = _materialise_tokenizer(loop_config["tokenizer_files"])
     model_cfg = cfg.model.model_copy(deep=True)
     model_cfg.text.vocab_size = len(tokenizer)
-    model = AlignModel(model_cfg)
+    # Pretrained weights are only read on a fresh start: a checkpoint overwrites them anyway.
+    model = AlignModel(model_cfg, load_pretrained=checkpoint is None)
     if model_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     mean, std = model.image_tower.mean, model.image_tower.std
-    model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(sync_batchnorm(model, cfg.train.sync_batchnorm, device, world))
     optimizer = build_optimizer(cfg.train.optimizer, model, cfg.train.lr, cfg.train.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.train.warmup_steps, cfg.train.steps)
 
-    step = 0
+    position = Position()
     if checkpoint is not None:
-        step = _restore(checkpoint, model, optimizer, scheduler)
-    if step >= cfg.train.steps:
+        with checkpoint.as_directory() as directory:
+            position = restore_checkpoint(directory, model, optimizer, scheduler)
+        if rank == 0:
+            print(f"[align.train] resuming from step {position.step} (epoch {position.epoch})", flush=True)
+    if position.step >= cfg.train.steps:
         return  # resumed after the last step: nothing left to do
 
     loss_fn = ContrastiveLoss(cfg.model.label_smoothing, rank=rank, world_size=world)
-    build_batch = BatchBuilder(model_cfg, tokenizer, mean, std, seed=cfg.seed * 1000 + rank + step)
-    client = _mlflow_client(loop_config["tracking_uri"]) if rank == 0 and loop_config.get("run_id") else None
-    shard = ray.train.get_dataset_shard("train")
+    build_batch = BatchBuilder(model_cfg, tokenizer, mean, std)
+    reporter = _Rank0Reporter(loop_config, cfg, rank)
+    if position.step == 0:
+        reporter.log_params(cfg, world)
     model.train()
+    try:
+        _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, tokenizer, reporter, position, local_batch, rank, device)
+    finally:
+        reporter.close()
 
-    window = {"loss": 0.0, "data_time": 0.0, "step_time": 0.0, "n": 0}
+
+def _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, tokenizer, reporter, position, local_batch, rank, device):
+    import ray.train
+
+    step = position.step
+    window = _Window()
     fetch_start = time.perf_counter()
-    for epoch, raw in _batches(shard, cfg, local_batch, rank):
-        inputs = {k: v.to(device) for k, v in build_batch(raw).items()}
+    world = ray.train.get_context().get_world_size()
+    for epoch, index, raw in iterate_batches(ray.train.get_dataset_shard("train"), cfg, local_batch, rank, world, position):
+        seed = step_seed(cfg.seed, rank, step)
+        inputs = {k: v.to(device) for k, v in build_batch(raw, seed).items()}
+        torch.manual_seed(seed)  # dropout masks of this step, whatever ran before it
         compute_start = time.perf_counter()
-        image_emb, text_emb, temperature = model(inputs["images"], inputs["input_ids"], inputs["attention_mask"])
-        loss = loss_fn(image_emb, text_emb, temperature)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        loss, temperature = train_step(model, loss_fn, optimizer, scheduler, inputs, cfg.train.precision, step)
         step += 1
         done = time.perf_counter()
-        window["loss"] += loss.item()
-        window["data_time"] += compute_start - fetch_start
-        window["step_time"] += done - fetch_start
-        window["n"] += 1
+        window.add(loss.item(), compute_start - fetch_start, done - fetch_start)
         fetch_start = done
 
         last = step >= cfg.train.steps
-        if step % cfg.train.log_every == 0 or last or step % cfg.train.checkpoint_every == 0:
-            n = max(window["n"], 1)
-            metrics = {
-                "train/loss": window["loss"] / n,
-                "train/temperature": float(temperature.detach()),
+        checkpoint_now = step % cfg.train.checkpoint_every == 0 or last
+        if step % cfg.train.log_every == 0 or checkpoint_now:
+            metrics = window.metrics(cfg.train.global_batch_size) | {
+                "train/temperature": float(temperature),
                 "train/lr": scheduler.get_last_lr()[0],
-                "train/data_time": window["data_time"] / n,
-                "train/step_time": window["step_time"] / n,
-                "train/samples_per_s": cfg.train.global_batch_size * n / max(window["step_time"], 1e-9),
                 "train/epoch": epoch,
             }
-            window = {"loss": 0.0, "data_time": 0.0, "step_time": 0.0, "n": 0}
-            if client is not None:
-                _log_metrics(client, loop_config["run_id"], metrics, step)
-            if step % cfg.train.checkpoint_every == 0 or last:
+            window = _Window()
+            reporter.report(metrics, step)
+            if checkpoint_now:
                 # Only checkpointed reports persist in Ray Train V2; the rest went to MLflow above.
-                _report_with_checkpoint(metrics | {"step": step}, model, tokenizer, optimizer, scheduler, step, rank)
+                following = Position(step, epoch, index + 1)
+                _report_with_checkpoint(metrics | {"step": step}, model, tokenizer, optimizer, scheduler, following, rank)
+        pairs = reporter.validation_pairs
+        if pairs and (step % cfg.train.val_every == 0 or last):
+            reporter.validate(model, tokenizer, pairs, step)
         if last:
             break
 
 
-def _batches(shard, cfg: AlignConfig, local_batch: int, rank: int):
-    """Yield ``(epoch, batch)`` forever over this worker's shard.
-
-    Streaming re-executes the Ray Data pipeline every epoch, which costs seconds per epoch; when the
-    shard fits in memory (``train.cache_shard``) it is read once and reshuffled each epoch instead.
-    """
-    import numpy as np
-
-    def stream(epoch: int):
-        return shard.iter_batches(
-            batch_size=local_batch,
-            batch_format="numpy",
-            drop_last=True,
-            local_shuffle_buffer_size=cfg.train.shuffle_buffer or None,
-            local_shuffle_seed=cfg.seed * 7919 + epoch + rank if cfg.train.shuffle_buffer else None,
-        )
-
-    if not cfg.train.cache_shard:
-        epoch = 0
-        while True:
-            epoch += 1
-            yield from ((epoch, batch) for batch in stream(epoch))
-    cached = list(shard.iter_batches(batch_size=4096, batch_format="numpy"))
-    columns = {k: np.concatenate([b[k] for b in cached]) for k in cached[0]} if cached else {}
-    rows = len(next(iter(columns.values()))) if columns else 0
-    if rows < local_batch:
-        raise ValueError(f"worker {rank} holds {rows} rows, fewer than its batch of {local_batch}")
-    rng = np.random.default_rng(cfg.seed * 7919 + rank)
-    epoch = 0
-    while True:
-        epoch += 1
-        order = rng.permutation(rows)
-        for start in range(0, rows - local_batch + 1, local_batch):
-            index = order[start : start + local_batch]
-            yield epoch, {k: v[index] for k, v in columns.items()}
-
-
-def _report_with_checkpoint(metrics, model, tokenizer, optimizer, scheduler, step: int, rank: int) -> None:
+def _report_with_checkpoint(metrics, model, tokenizer, optimizer, scheduler, position: Position, rank: int) -> None:
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:  # DDP keeps replicas identical; one copy is enough
-            _save_checkpoint(Path(tmp), model, tokenizer, optimizer, scheduler, step)
+            save_checkpoint(Path(tmp), model, tokenizer, optimizer, scheduler, position)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{step:08d}")
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{position.step:08d}")

@@ -11,12 +11,14 @@ from components.train.trainer import TrainResult, run_training
 MODEL_ARTIFACT_PATH = "align_model"
 
 
-def train_stage(cfg: AlignConfig, kept_uri: str, run_id: str) -> TrainResult:
+def train_stage(cfg: AlignConfig, kept_uri: str, run_id: str, validation_json: str = "") -> TrainResult:
     import mlflow
 
     output_dir = Path(cfg.storage.home) / "models" / run_id
     # Named after the MLflow run: rerunning the stage for the same run resumes from its checkpoint.
-    result = run_training(cfg, kept_uri, f"align-{run_id}", str(output_dir), cfg.storage.tracking_uri, run_id)
+    result = run_training(
+        cfg, kept_uri, f"align-{run_id}", str(output_dir), cfg.storage.tracking_uri, run_id, validation_json
+    )
     client = mlflow.MlflowClient(tracking_uri=cfg.storage.tracking_uri)
     client.log_artifacts(run_id, result.artifact_dir, MODEL_ARTIFACT_PATH)
     client.set_tag(run_id, "align.checkpoint", result.checkpoint_path)

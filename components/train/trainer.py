@@ -8,8 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.config import AlignConfig
-from components.model.tokenizer import save_tokenizer, train_wordpiece
-from components.train.loop import STATE_FILE, train_loop_per_worker
+from components.model.artifact import TOKENIZER_DIR
+from components.model.tokenizer import load_pretrained_tokenizer, load_tokenizer, save_tokenizer, train_wordpiece
+from components.storage import exists, join_uri, list_names, read_text
+from components.train.checkpointing import STATE_FILE
+from components.train.loop import train_loop_per_worker
+from components.train.validation import load_validation_pairs
 
 
 @dataclass
@@ -26,18 +30,56 @@ def load_training_dataset(kept_uri: str):
 
 
 def fit_tokenizer(cfg: AlignConfig, dataset) -> dict[str, str]:
-    """Train WordPiece on the kept alt-texts; return its files as text so they travel with the config."""
-    texts = (str(t) for batch in dataset.select_columns(["text"]).iter_batches(batch_format="numpy") for t in batch["text"])
-    tokenizer = train_wordpiece(texts, cfg.model.text.tokenizer_vocab_size, cfg.model.text.max_length)
+    """The run's tokenizer as file texts, so it travels with the loop config to workers on any node.
+
+    Either WordPiece trained on the kept alt-texts (the paper's way) or an existing vocab: the one
+    that ships with the pretrained text tower, or a tokenizer folder. A trained vocab is fixed for the
+    run once fitted (resumes reuse it), but two fits of the same texts can differ in a few tokens:
+    ``tokenizers`` breaks frequency ties in an order Rust randomises per process. Runs that must
+    share a vocab exactly pass it as ``text.tokenizer_path``.
+    """
+    text_cfg = cfg.model.text
+    if text_cfg.tokenizer_path:
+        tokenizer = load_tokenizer(text_cfg.tokenizer_path)
+    elif text_cfg.tokenizer == "pretrained":
+        tokenizer = load_pretrained_tokenizer(text_cfg.pretrained)
+    else:
+        texts = (str(t) for batch in dataset.select_columns(["text"]).iter_batches(batch_format="numpy") for t in batch["text"])
+        tokenizer = train_wordpiece(texts, text_cfg.tokenizer_vocab_size, text_cfg.max_length)
     with tempfile.TemporaryDirectory() as tmp:
         save_tokenizer(tokenizer, tmp)
         return {p.name: p.read_text() for p in Path(tmp).iterdir() if p.is_file()}
 
 
+def tokenizer_files(cfg: AlignConfig, run_name: str, dataset) -> dict[str, str]:
+    """The run's tokenizer files: those of its checkpoints when it has any (a resume), else a new fit.
+
+    Every checkpoint of a run holds the same tokenizer, so any complete one will do; refitting on a
+    resume would cost minutes on a large corpus and could renumber the vocabulary under the weights.
+    """
+    run_dir = join_uri(cfg.storage.checkpoints_uri, run_name)
+    for name in reversed(list_names(run_dir)):
+        folder = join_uri(run_dir, name, TOKENIZER_DIR)
+        if name.startswith("checkpoint_") and exists(join_uri(folder, "tokenizer.json")):
+            return {file: read_text(join_uri(folder, file)) for file in list_names(folder)}
+    return fit_tokenizer(cfg, dataset)
+
+
 def run_training(
-    cfg: AlignConfig, kept_uri: str, run_name: str, output_dir: str, tracking_uri: str = "", run_id: str = ""
+    cfg: AlignConfig,
+    kept_uri: str,
+    run_name: str,
+    output_dir: str,
+    tracking_uri: str = "",
+    run_id: str = "",
+    validation_json: str = "",
 ) -> TrainResult:
-    from ray.train import RunConfig, ScalingConfig
+    """Train with Ray Train; rerunning the same ``run_name`` resumes from its last checkpoint.
+
+    ``validation_json`` (a Karpathy-split file) enables retrieval on held-out pairs every
+    ``train.val_every`` steps.
+    """
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     dataset = load_training_dataset(kept_uri)
@@ -49,17 +91,30 @@ def run_training(
         train_loop_per_worker,
         train_loop_config={
             "config": cfg.model_dump(),
-            "tokenizer_files": fit_tokenizer(cfg, dataset),
+            "tokenizer_files": tokenizer_files(cfg, run_name, dataset),
             "tracking_uri": tracking_uri,
             "run_id": run_id,
+            "validation": load_validation_pairs(
+                validation_json, cfg.eval.retrieval_split, cfg.train.val_images if cfg.train.val_every else 0
+            ),
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
         ),
-        run_config=RunConfig(name=run_name, storage_path=cfg.storage.checkpoints_uri),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=cfg.storage.checkpoints_uri,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            # A lost worker restarts the whole group from the last checkpoint, up to this many times.
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+        ),
         datasets={"train": dataset},
+        # Cached shards: every worker gets the whole (small) dataset and takes its own fixed slice, so
+        # which rows a rank trains on does not depend on timing (Ray's streaming split hands blocks
+        # to whichever worker asks first) and a restarted run sees the same rows.
+        dataset_config=DataConfig(datasets_to_split=[] if cfg.train.cache_shard else "all"),
     )
     result = trainer.fit()
     if result.checkpoint is None:

@@ -1,0 +1,114 @@
+"""The pieces of the training loop that make runs exact and observable, without Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from components.config import AlignConfig, TrainConfig
+from components.train.batches import iterate_batches
+from components.train.checkpointing import Position, step_seed
+from components.train.loop import _Window, sync_batchnorm
+from components.train.step import autocast, train_step
+
+
+class FakeShard:
+    """What ``ray.train.get_dataset_shard`` returns, reduced to ``iter_batches`` over numpy columns."""
+
+    def __init__(self, rows: int):
+        self.columns = {"image": np.array([f"img{i}".encode() for i in range(rows)], dtype=object), "text": np.array([f"t{i}" for i in range(rows)], dtype=object)}
+
+    def iter_batches(self, batch_size, batch_format="numpy", drop_last=False, local_shuffle_buffer_size=None, local_shuffle_seed=None):
+        rows = len(self.columns["text"])
+        order = np.random.default_rng(local_shuffle_seed).permutation(rows) if local_shuffle_buffer_size else np.arange(rows)
+        stop = rows - rows % batch_size if drop_last else rows
+        for start in range(0, stop, batch_size):
+            yield {k: v[order[start : start + batch_size]] for k, v in self.columns.items()}
+
+
+def _texts(stream, count: int) -> list[tuple[int, int, list[str]]]:
+    out = []
+    for epoch, index, batch in stream:
+        out.append((epoch, index, list(batch["text"])))
+        if len(out) == count:
+            return out
+    return out
+
+
+@pytest.mark.parametrize("cache_shard", [True, False])
+def test_a_resumed_iterator_continues_with_the_batches_an_uninterrupted_one_would_give(cache_shard):
+    cfg = AlignConfig(train=TrainConfig(cache_shard=cache_shard, shuffle_buffer=0 if cache_shard else 8))
+    shard = FakeShard(rows=10)  # 2 full batches of 4 per epoch, 2 rows dropped
+    straight = _texts(iterate_batches(shard, cfg, 4, rank=0, world=1, start=Position()), 7)
+    assert [(e, i) for e, i, _ in straight] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1), (3, 0)]
+    assert straight[0][2] != straight[2][2], "each epoch is reshuffled"
+    resumed = _texts(iterate_batches(shard, cfg, 4, rank=0, world=1, start=Position(step=3, epoch=1, batch_in_epoch=1)), 4)
+    assert resumed == straight[3:]
+
+
+def test_cached_ranks_deal_the_rows_out_in_equal_disjoint_slices():
+    cfg = AlignConfig(train=TrainConfig(cache_shard=True))
+    seen = []
+    for rank in range(3):
+        stream = iterate_batches(FakeShard(rows=11), cfg, 3, rank=rank, world=3, start=Position())
+        seen.append({t for _, _, texts in _texts(stream, 1) for t in texts})
+    assert all(len(s) == 3 for s in seen) and not (seen[0] & seen[1] or seen[1] & seen[2] or seen[0] & seen[2])
+
+
+def test_each_rank_and_step_draws_its_own_seed_and_the_same_one_every_time():
+    seeds = {step_seed(0, rank, step) for rank in range(4) for step in range(100)}
+    assert len(seeds) == 400 and step_seed(0, 1, 7) == step_seed(0, 1, 7)
+    assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_a_shard_smaller_than_one_batch_is_a_clear_error():
+    cfg = AlignConfig(train=TrainConfig(cache_shard=True))
+    with pytest.raises(ValueError, match="fewer than its batch"):
+        next(iterate_batches(FakeShard(rows=7), cfg, 4, rank=1, world=2, start=Position()))
+
+
+def test_sync_batchnorm_is_refused_on_cpu_workers_and_skipped_for_one_worker():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    assert sync_batchnorm(model, True, torch.device("cpu"), world=1) is model
+    assert sync_batchnorm(model, False, torch.device("cpu"), world=2) is model
+    with pytest.raises(ValueError, match="needs GPU workers"):
+        sync_batchnorm(model, True, torch.device("cpu"), world=2)
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert isinstance(converted[1], torch.nn.SyncBatchNorm)  # what GPU workers get
+
+
+def test_bf16_autocast_runs_matmuls_in_bfloat16_and_fp32_is_untouched():
+    x = torch.randn(4, 4)
+    with autocast(torch.device("cpu"), "bf16"):
+        assert (x @ x).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), "fp32"):
+        assert (x @ x).dtype == torch.float32
+    with pytest.raises(ValueError, match="unknown precision"):
+        autocast(torch.device("cpu"), "fp8")
+
+
+def test_a_non_finite_loss_stops_training_with_the_step_named():
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2))
+
+        def forward(self, images, ids, mask):
+            return self.w.expand(2, 2), self.w.expand(2, 2), torch.tensor(1.0)
+
+    model = Broken()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    inputs = {"images": torch.zeros(2, 3, 4, 4), "input_ids": torch.zeros(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3)}
+    with pytest.raises(FloatingPointError, match="at step 41"):
+        train_step(model, lambda a, b, t: a.sum() * float("nan"), optimizer, scheduler, inputs, "fp32", 41)
+
+
+def test_logged_window_means_and_data_wait_fraction():
+    window = _Window()
+    window.add(loss=2.0, data_time=0.1, step_time=1.0)
+    window.add(loss=4.0, data_time=0.3, step_time=1.0)
+    metrics = window.metrics(global_batch=64)
+    assert metrics["train/loss"] == 3.0 and metrics["train/samples_per_s"] == 64.0
+    assert metrics["train/data_wait_fraction"] == pytest.approx(0.2)
