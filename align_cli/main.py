@@ -2,6 +2,7 @@
 
     align run [--config RECIPE] [key=value ...]     ingest -> train -> evaluate -> register -> gate -> serve
     align ingest | train | serve                    one stage, same config/overrides
+    align train --run-id ID                         resume a stopped run from its last checkpoint
     align evaluate | promote [--run-id ID]          one stage on a trained run (default: the newest)
     align search "a red circle" [-k 5]              query the serving endpoint
     align down                                      stop serving and the local Ray head
@@ -44,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
 
     verb("run", "the whole lifecycle on the configured recipe")
     verb("ingest", "ingest and filter the corpus")
-    verb("train", "train a model on the filtered dataset (new MLflow run)")
+    verb("train", "train a model on the filtered dataset (new MLflow run)").add_argument(
+        "--run-id", default=None, help="resume this run's training from its last checkpoint instead"
+    )
     for name, text in (("evaluate", "evaluate a trained run"), ("promote", "register a run and gate it")):
         verb(name, text).add_argument("--run-id", default=None, help="MLflow run id (default: the newest)")
     verb("serve", "deploy the champion on Ray Serve")
@@ -122,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from flows import stages
 
+    if args.verb == "train" and args.run_id:
+        _print(stages.train_flow(config, args.run_id))
+        return 0
     _print({"ingest": stages.ingest_flow, "train": stages.train_flow, "serve": stages.serve_flow}[args.verb](config))
     return 0
 

@@ -15,10 +15,11 @@ def ingest_flow(config: dict) -> dict:
 
 
 @flow(name="align-train")
-def train_flow(config: dict) -> dict:
+def train_flow(config: dict, run_id: str | None = None) -> dict:
+    """Train in a new MLflow run, or resume ``run_id``'s training from its last checkpoint."""
     cfg = AlignConfig.model_validate(config)
     corpus, dataset = ingest_task(cfg)
-    run_id = start_run_task(cfg, dataset)
+    run_id = run_id or start_run_task(cfg, dataset)
     trained = train_task(cfg, dataset.kept_uri, run_id, corpus.retrieval_json)
     return {"run_id": run_id, "artifact_dir": trained.artifact_dir, "checkpoint": trained.checkpoint_path}
 

@@ -76,6 +76,7 @@ def test_registry_holds_lineage_and_aliases(lifecycle_runs):
     run = client.get_run(first["run_id"])
     assert run.inputs.dataset_inputs, "the run links to the dataset it trained on"
     assert "train/loss" in run.data.metrics and "retrieval/mean_recall" in run.data.metrics
+    assert "val/mean_recall" in run.data.metrics  # held-out retrieval logged during training
     # The model loads through MLflow's pyfunc flavour (from code, safetensors inside) and embeds text.
     import pandas as pd
 

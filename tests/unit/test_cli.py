@@ -13,6 +13,13 @@ def test_every_lifecycle_stage_has_a_verb():
     assert {"run", "ingest", "train", "evaluate", "promote", "serve", "search", "down", "config"} <= verbs
 
 
+def test_train_resumes_a_given_run_and_evaluate_promote_take_one():
+    parser = _parser()
+    assert parser.parse_args(["train", "--run-id", "abc", "train.steps=9"]).run_id == "abc"
+    assert parser.parse_args(["train"]).run_id is None
+    assert parser.parse_args(["evaluate", "--run-id", "abc"]).run_id == "abc"
+
+
 def test_config_verb_prints_the_resolved_tree_with_overrides(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ALIGN_HOME", str(tmp_path))
     assert main(["config", "seed=7", "train.steps=3"]) == 0
