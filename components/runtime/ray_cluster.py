@@ -98,7 +98,8 @@ def connect(cfg: AlignConfig) -> str:
         return ray.get_runtime_context().gcs_address
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     address = ensure_local_head(cfg) if cfg.ray.address == "local" else cfg.ray.address
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    # Worker output reaches this console: training's per-step progress lines are printed by rank 0.
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     quiet_ray_data()
     return address
 
