@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,9 @@ from components.train.step import train_step
 from components.train.validation import validation_metrics
 
 log = logging.getLogger("align.train")
+# Ray Train patches ``print`` to log, and also tees to stdout when another library has wrapped
+# sys.stdout (MLflow does): each line then reached the console twice. An explicit stream prints once.
+_CONSOLE = sys.__stdout__
 
 
 def _materialise_tokenizer(files: dict[str, str]):
@@ -121,6 +125,7 @@ class _Rank0Reporter:
             f"[align.train] step {step}/{self.total}  loss {metrics['train/loss']:.4f}  "
             f"T {metrics['train/temperature']:.4f}  lr {metrics['train/lr']:.2e}  "
             f"{metrics['train/samples_per_s']:.1f} samples/s  data wait {100 * metrics['train/data_wait_fraction']:.0f}%",
+            file=_CONSOLE,
             flush=True,
         )
 
@@ -132,6 +137,7 @@ class _Rank0Reporter:
         print(
             f"[align.train] step {step}/{self.total}  val text->image R@1 {metrics['val/text_to_image/R_at_1']:.3f}  "
             f"mean recall {metrics['val/mean_recall']:.3f}",
+            file=_CONSOLE,
             flush=True,
         )
 
@@ -186,7 +192,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with checkpoint.as_directory() as directory:
             position = restore_checkpoint(directory, model, optimizer, scheduler)
         if rank == 0:
-            print(f"[align.train] resuming from step {position.step} (epoch {position.epoch})", flush=True)
+            print(f"[align.train] resuming from step {position.step} (epoch {position.epoch})", file=_CONSOLE, flush=True)
     if position.step >= cfg.train.steps:
         return  # resumed after the last step: nothing left to do
 
