@@ -40,6 +40,8 @@ def fit_tokenizer(cfg: AlignConfig, dataset) -> dict[str, str]:
     """
     text_cfg = cfg.model.text
     if text_cfg.tokenizer_path:
+        if not (Path(text_cfg.tokenizer_path) / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"text.tokenizer_path {text_cfg.tokenizer_path}: no tokenizer.json there (a Hugging Face tokenizer folder)")
         tokenizer = load_tokenizer(text_cfg.tokenizer_path)
     elif text_cfg.tokenizer == "pretrained":
         tokenizer = load_pretrained_tokenizer(text_cfg.pretrained)

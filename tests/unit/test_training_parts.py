@@ -112,3 +112,12 @@ def test_logged_window_means_and_data_wait_fraction():
     metrics = window.metrics(global_batch=64)
     assert metrics["train/loss"] == 3.0 and metrics["train/samples_per_s"] == 64.0
     assert metrics["train/data_wait_fraction"] == pytest.approx(0.2)
+
+
+def test_a_tokenizer_path_without_a_tokenizer_is_a_clear_error(tmp_path):
+    from components.train.trainer import fit_tokenizer
+
+    cfg = AlignConfig()
+    cfg.model.text = cfg.model.text.model_copy(update={"tokenizer": "pretrained", "tokenizer_path": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        fit_tokenizer(cfg, dataset=None)
