@@ -20,7 +20,9 @@ recipe's optimizer (AdamW), fp32. Warm-up steps are excluded from every timing.
   tokenisation, compute and DDP's all-reduce; only the final checkpoint write falls outside it.
 
 Targets: candidate / bare >= 0.9 and candidate / open_clip >= 1.3. Writes
-bench/results/train_throughput.json. About 5 minutes on 2 cores (``--skip-candidate``: about 2).
+bench/results/train_throughput.json, with the 1-min load average at each phase and a
+``likely_disturbed`` flag: on a shared 2-core machine other work skews one side more than another.
+About 5 minutes on an idle 2-core machine (``--skip-candidate``: about 2).
 
     .venv/bin/python bench/train_throughput.py [--steps 15] [--batch 64] [--skip-candidate]
 """
@@ -81,6 +83,10 @@ def bench_config(batch: int, tokens: int, extra: list[str] | None = None) -> Ali
     if "val_every" in TrainConfig.model_fields:
         overrides.append("train.val_every=0")  # no held-out retrieval inside the timed window
     return load_config(None, overrides=overrides + list(extra or []))
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
 def _timed(step: Callable[[], None], batch: int, steps: int, warmup: int) -> float:
@@ -257,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     cfg = bench_config(args.batch, args.tokens)
-    load_before = os.getloadavg()[0]
+    loads = {"start": _load()}
     with tempfile.TemporaryDirectory(prefix="align-train-bench-") as tmp_name:
         tmp = Path(tmp_name)
         texts = write_dataset(tmp / "kept", args.rows)
@@ -269,9 +275,11 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"bare {layout}: {bare[layout]} samples/s", flush=True)
         open_clip = round(open_clip_loop(cfg, args.steps, args.warmup, vocab, args.tokens), 2)
         print(f"open_clip: {open_clip} samples/s", flush=True)
+        loads["after_baselines"] = _load()
         candidates = {} if args.skip_candidate else candidate_runs(args, tmp / "kept", tmp, [(1, 2), (2, 1)])
 
     bare_best = max(bare.values())
+    loads["end"] = _load()
     result = {
         "setting": {
             "image_tower": cfg.model.image_tower, "image_size": output_size(cfg.model.train_preprocess),
@@ -284,7 +292,9 @@ def main(argv: list[str] | None = None) -> dict:
         "bare_best_samples_per_s": bare_best,
         "open_clip_samples_per_s": open_clip,
         "candidate": candidates,
-        "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+        "load_average_1m": loads,
+        # This run keeps ~2 threads busy; a 1-min load well above the cores means other work shared them.
+        "likely_disturbed": max(loads.values()) > (os.cpu_count() or THREADS) + 1.5,
         "targets": {"candidate_vs_bare": TARGET_VS_BARE, "candidate_vs_open_clip": TARGET_VS_OPEN_CLIP},
     }
     if candidates:
