@@ -9,7 +9,6 @@ steps it would have trained without the interruption.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import tempfile
@@ -29,7 +28,6 @@ from components.train.schedule import build_optimizer, build_scheduler
 from components.train.step import train_step
 from components.train.validation import validation_metrics
 
-log = logging.getLogger("align.train")
 # Ray Train patches ``print`` to log, and also tees to stdout when another library has wrapped
 # sys.stdout (MLflow does): each line then reached the console twice. An explicit stream prints once.
 _CONSOLE = sys.__stdout__
@@ -203,18 +201,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
         reporter.log_params(cfg, world)
     model.train()
     try:
-        _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, tokenizer, reporter, position, local_batch, rank, device)
+        _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, tokenizer, reporter, position, local_batch, rank, world, device)
     finally:
         reporter.close()
 
 
-def _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, tokenizer, reporter, position, local_batch, rank, device):
+def _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, tokenizer, reporter, position, local_batch, rank, world, device):
     import ray.train
 
     step = position.step
     window = _Window()
     fetch_start = time.perf_counter()
-    world = ray.train.get_context().get_world_size()
     for epoch, index, raw in iterate_batches(ray.train.get_dataset_shard("train"), cfg, local_batch, rank, world, position):
         seed = step_seed(cfg.seed, rank, step)
         inputs = {k: v.to(device) for k, v in build_batch(raw, seed).items()}
