@@ -3,7 +3,13 @@
     align run [--config RECIPE] [key=value ...]     ingest -> train -> evaluate -> register -> gate -> serve
     align ingest | train | serve                    one stage, same config/overrides
     align train --run-id ID                         resume a stopped run from its last checkpoint
-    align evaluate | promote [--run-id ID]          one stage on a trained run (default: the newest)
+    align evaluate [--run-id ID | --model URI] [--suite NAME ...]
+                                                    score a run (default: the newest) or any registered
+                                                    version, e.g. --model models:/align@champion
+    align promote [--run-id ID | --version N] [--force REASON]
+                                                    gate a version (registering a run first) and move
+                                                    champion if it passes; --force skips the gate, recorded
+    align rollback [--reason TEXT]                  champion back to the previous champion
     align search "a red circle" [-k 5]              query the serving endpoint
     align down                                      stop serving and the local Ray head
     align config                                    print the resolved config
@@ -48,8 +54,20 @@ def _parser() -> argparse.ArgumentParser:
     verb("train", "train a model on the filtered dataset (new MLflow run)").add_argument(
         "--run-id", default=None, help="resume this run's training from its last checkpoint instead"
     )
-    for name, text in (("evaluate", "evaluate a trained run"), ("promote", "register a run and gate it")):
-        verb(name, text).add_argument("--run-id", default=None, help="MLflow run id (default: the newest)")
+    evaluate = verb("evaluate", "evaluate a trained run or a registered model on the configured suites")
+    source = evaluate.add_mutually_exclusive_group()
+    source.add_argument("--run-id", default=None, help="MLflow run id (default: the newest)")
+    source.add_argument("--model", default=None, help="a registered version: models:/<name>@<alias> or models:/<name>/<N>")
+    evaluate.add_argument("--suite", action="append", default=None, help="suite name from eval.suites (repeatable; default: all)")
+    promote = verb("promote", "gate a registered version (or a run, registered first) and promote it if it passes")
+    which = promote.add_mutually_exclusive_group()
+    which.add_argument("--run-id", default=None, help="register this run's model, then gate it (default: the newest run)")
+    which.add_argument("--version", default=None, help="an already registered version of registry.model_name")
+    promote.add_argument("--force", default="", metavar="REASON", help="promote without the gate; the reason is recorded")
+    promote.add_argument("--no-serve", action="store_true", help="move the alias only; do not redeploy serving")
+    rollback = verb("rollback", "move champion back to the previous champion (recorded) and redeploy serving")
+    rollback.add_argument("--reason", default="", help="why; recorded in the registry")
+    rollback.add_argument("--no-serve", action="store_true", help="move the alias only; do not redeploy serving")
     verb("serve", "deploy the champion on Ray Serve")
     verb("down", "stop serving and the local Ray head")
     verb("config", "print the resolved config")
@@ -79,6 +97,29 @@ def _summary(result: dict, seconds: float) -> None:
         print(f"serving: {result['serving_url']}  (POST /v1/search {{\"text\": ..., \"k\": 5}}; GET /healthz)")
     else:
         print("serving: nothing to serve yet (no model has passed the gate)")
+
+
+def _registry_verb(args: argparse.Namespace, cfg: AlignConfig, config: dict) -> int:
+    from components.runtime.tracking import latest_run_id, prepare_tracking
+    from flows import stages
+
+    prepare_tracking(cfg.storage)
+    if args.verb == "rollback":
+        _print(stages.rollback_flow(config, args.reason, serve=not args.no_serve))
+        return 0
+    if args.verb == "evaluate":
+        if args.model:
+            _print(stages.evaluate_flow(config, model_uri=args.model, suites=args.suite))
+            return 0
+        run_id = args.run_id or latest_run_id(cfg.storage, cfg.registry.experiment, "train/loss")
+        _print(stages.evaluate_flow(config, run_id, suites=args.suite))
+        return 0
+    run_id = None
+    if args.version is None:
+        run_id = args.run_id or latest_run_id(cfg.storage, cfg.registry.experiment, "train/loss")
+    result = stages.promote_flow(config, run_id, args.version, args.force, serve=not args.no_serve)
+    _print(result)
+    return 0 if result["gate"]["passed"] else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,17 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         result = lifecycle(config)
         _summary(result, time.monotonic() - started)
         return 0
-    if args.verb in ("evaluate", "promote"):
-        from components.runtime.tracking import latest_run_id, prepare_tracking
-
-        prepare_tracking(cfg.storage)
-        metric = cfg.gate.compare_metric if args.verb == "promote" else None
-        run_id = args.run_id or latest_run_id(cfg.storage, cfg.registry.experiment, metric)
-        from flows import stages
-
-        flow = stages.evaluate_flow if args.verb == "evaluate" else stages.promote_flow
-        _print(flow(config, run_id))
-        return 0
+    if args.verb in ("evaluate", "promote", "rollback"):
+        return _registry_verb(args, cfg, config)
     from flows import stages
 
     if args.verb == "train" and args.run_id:

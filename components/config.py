@@ -223,28 +223,82 @@ class TrainConfig(_Section):
         return value
 
 
-class EvalConfig(_Section):
-    # Suites; empty means "the embedded corpus' own eval split / labelled set".
-    retrieval_json: str = ""  # Karpathy-split JSON (Flickr30K/MSCOCO format)
-    retrieval_split: str = "test"
-    classification_dir: str = ""  # ImageFolder layout, optional classes.json
-    ks: list[int] = [1, 5, 10]
-    batch_size: int = 128
-    prompt_templates: list[str] = [
-        "a photo of a {}.",
-        "a picture of a {}.",
-        "a drawing of a {}.",
-        "an image showing a {}.",
+SuiteTask = Literal["zeroshot_retrieval", "zeroshot_classification", "knn_classification"]
+
+
+class SuiteConfig(_Section):
+    """One evaluation suite. Its ``name`` prefixes its metrics (``<name>/acc1``) and its results are
+    recorded with a content hash, so two models are only compared on byte-identical suites."""
+
+    name: str  # metric prefix; letters, digits, '-', '_'
+    task: SuiteTask
+    # "" : the corpus' own set (retrieval: the eval split; classification/kNN: the labelled set);
+    # a Karpathy-split JSON (retrieval); an ImageFolder, a .csv/.parquet table with labels, or
+    # "animal_mnist" (the PyPI package's 10 animal silhouettes) for classification and kNN.
+    path: str = ""
+    split: str = "test"  # Karpathy split to evaluate (retrieval)
+    templates: str | list[str] = "default"  # a named set (components/evaluation/prompts.py) or a list
+    class_names: str = ""  # "": folder names / classes.json / table labels; "imagenet"; or a names file
+    image_column: str = "image"  # tables: encoded bytes or a path relative to the table
+    label_column: str = "label"
+    ks: list[int] = []  # default: [1, 5, 10] retrieval, [1, 5] classification, [1, 10] kNN neighbours
+    knn_query_fraction: float = 0.5  # kNN: share of each class used as queries, the rest is the gallery
+    max_images: int = 0  # 0: all; else a deterministic per-class subsample (classification/kNN)
+    plot_queries: int = 4  # retrieval: top-5 image grids for this many text queries
+
+    @field_validator("name")
+    @classmethod
+    def _metric_prefix(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in "-_" for c in value):
+            raise ValueError(f"suite name {value!r} must be non-empty letters, digits, '-' or '_'")
+        return value
+
+
+def _default_suites() -> list[SuiteConfig]:
+    return [
+        SuiteConfig(name="retrieval", task="zeroshot_retrieval"),
+        SuiteConfig(name="classification", task="zeroshot_classification"),
+        SuiteConfig(name="knn", task="knn_classification"),
     ]
 
 
-class GateConfig(_Section):
-    """Promotion rule: clear absolute floors, and do not fall below the champion."""
+class EvalConfig(_Section):
+    # The corpus' retrieval set: held out of training (near-duplicates removed), used for validation
+    # during training and as the served search index. Empty: the embedded corpus' own eval split.
+    retrieval_json: str = ""  # Karpathy-split JSON (Flickr30K/MSCOCO format)
+    retrieval_split: str = "test"
+    classification_dir: str = ""  # the corpus' labelled set (ImageFolder, optional classes.json)
+    suites: list[SuiteConfig] = Field(default_factory=_default_suites)
+    batch_size: int = 128
+    plots: bool = True  # PNG plots per suite, logged next to the JSON results
 
-    # Names as logged to MLflow ("@" is not allowed there, so R@1 is written R_at_1).
+    @field_validator("suites")
+    @classmethod
+    def _unique_names(cls, suites: list[SuiteConfig]) -> list[SuiteConfig]:
+        names = [suite.name for suite in suites]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"suite names must be unique; repeated: {duplicates}")
+        return suites
+
+
+class GateConfig(_Section):
+    """Promotion policy: clear absolute floors, and trail the champion by at most ε per metric.
+
+    Metric names are ``<suite>/<metric>`` as logged to MLflow ("@" is not allowed there, so R@1 is
+    written R_at_1). The champion is scored on the same suites with the same content hashes.
+    """
+
     min_metrics: dict[str, float] = {"retrieval/text_to_image/R_at_1": 0.01}
-    compare_metric: str = "retrieval/mean_recall"
-    max_regression: float = 0.0  # challenger may trail the champion by at most this much
+    max_regression: dict[str, float] = {"retrieval/mean_recall": 0.0}
+
+    @field_validator("max_regression")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        negative = sorted(name for name, eps in value.items() if eps < 0)
+        if negative:
+            raise ValueError(f"max_regression tolerances must be >= 0; negative for {negative}")
+        return value
 
 
 class RegistryConfig(_Section):
@@ -282,6 +336,17 @@ class AlignConfig(_Section):
     registry: RegistryConfig = RegistryConfig()
     serve: ServeConfig = ServeConfig()
 
+    @model_validator(mode="after")
+    def _gate_reads_configured_suites(self) -> AlignConfig:
+        # A typo in a gated metric would otherwise fail every promotion with "metric missing".
+        suites = {suite.name for suite in self.eval.suites}
+        for metric in (*self.gate.min_metrics, *self.gate.max_regression):
+            if metric.split("/", 1)[0] not in suites or "/" not in metric:
+                raise ValueError(
+                    f"gate metric {metric!r} must be '<suite>/<metric>' with a suite from eval.suites {sorted(suites)}"
+                )
+        return self
+
     def config_hash(self) -> str:
         """Hash of everything that shapes a model, so runs can be compared and cached."""
         payload = self.model_dump(exclude={"storage": True, "ray": True, "serve": True, **_PRESENTATION_ONLY})
@@ -309,6 +374,10 @@ def resolve_home(home: str = "") -> str:
     return str(Path(home).expanduser().resolve())
 
 
+def _is_server(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("http://", "https://"))
+
+
 def resolve_storage(storage: StorageConfig) -> StorageConfig:
     """Fill unset locations from the state folder.
 
@@ -320,7 +389,8 @@ def resolve_storage(storage: StorageConfig) -> StorageConfig:
     return StorageConfig(
         home=home,
         tracking_uri=storage.tracking_uri or f"sqlite:///{local_state}/mlflow.db",
-        artifact_uri=storage.artifact_uri or _join(home, "mlartifacts"),
+        # A tracking server keeps artifacts in its own store (proxied ``mlflow-artifacts:``) unless told.
+        artifact_uri=storage.artifact_uri or ("" if _is_server(storage.tracking_uri) else _join(home, "mlartifacts")),
         datasets_uri=storage.datasets_uri or _join(home, "datasets"),
         checkpoints_uri=storage.checkpoints_uri or _join(home, "checkpoints"),
         prefect_home=storage.prefect_home or _join(local_state, "prefect"),

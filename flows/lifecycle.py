@@ -25,11 +25,11 @@ def lifecycle(config: dict) -> dict:
     run_id = start_run_task(cfg, dataset)
     trained = train_task(cfg, dataset.kept_uri, run_id, corpus.retrieval_json)
     evaluation = evaluate_task(cfg, trained.artifact_dir, run_id, corpus)
-    version = register_task(cfg, run_id, trained.artifact_dir, corpus, dataset.manifest)
-    decision = promote_task(cfg, version, evaluation.metrics)
-    logger.info("model version %s: gate %s %s", version, "passed" if decision.passed else "failed", decision.reasons)
-    champion = version if decision.passed else decision.champion_version
-    url = deploy_task(cfg, champion) if champion else ""
+    version = register_task(cfg, run_id, trained.artifact_dir, corpus, dataset.manifest, evaluation)
+    decision = promote_task(cfg, version, corpus, evaluation)
+    logger.info("model version %s: gate %s %s", version, decision.outcome, decision.reasons)
+    # Only a model that passed the gate is deployed; otherwise the champion keeps serving untouched.
+    url = deploy_task(cfg, version) if decision.passed else ""
     return {
         "run_id": run_id,
         "dataset_uri": dataset.dataset_uri,

@@ -5,7 +5,17 @@ from __future__ import annotations
 from prefect import flow
 
 from components.config import AlignConfig
-from flows.tasks import deploy_task, evaluate_task, ingest_task, promote_task, register_task, start_run_task, train_task
+from flows.tasks import (
+    deploy_task,
+    evaluate_model_task,
+    evaluate_task,
+    ingest_task,
+    promote_task,
+    register_task,
+    rollback_task,
+    start_run_task,
+    train_task,
+)
 
 
 @flow(name="align-ingest")
@@ -25,26 +35,47 @@ def train_flow(config: dict, run_id: str | None = None) -> dict:
 
 
 @flow(name="align-evaluate")
-def evaluate_flow(config: dict, run_id: str) -> dict:
+def evaluate_flow(config: dict, run_id: str | None = None, model_uri: str = "", suites: list[str] | None = None) -> dict:
+    """Evaluate a trained run's artifact, or any registered version (``models:/<name>@<alias>``)."""
     from components.data.ingest import prepare_corpus
     from components.train.stage import model_dir_for_run
 
     cfg = AlignConfig.model_validate(config)
-    report = evaluate_task(cfg, model_dir_for_run(cfg, run_id), run_id, prepare_corpus(cfg))
-    return {"run_id": run_id, "metrics": report.metrics}
+    corpus = prepare_corpus(cfg)
+    if model_uri:
+        name, version, report, eval_run = evaluate_model_task(cfg, model_uri, corpus, suites)
+        return {"model": f"{name}/{version}", "run_id": eval_run, "metrics": report.metrics, "results": report.records,
+                "suite_hashes": report.hashes}
+    report = evaluate_task(cfg, model_dir_for_run(cfg, run_id), run_id, corpus, suites)
+    return {"run_id": run_id, "metrics": report.metrics, "results": report.records, "suite_hashes": report.hashes}
 
 
 @flow(name="align-promote")
-def promote_flow(config: dict, run_id: str) -> dict:
+def promote_flow(
+    config: dict, run_id: str | None = None, version: str | None = None, force_reason: str = "", serve: bool = True
+) -> dict:
+    """Gate a registered ``version`` (or register ``run_id``'s model first); serve the new champion."""
     from components.data.ingest import prepare_corpus
-    from components.runtime.tracking import run_dict, run_metrics
+    from components.runtime.tracking import run_dict
     from components.train.stage import model_dir_for_run
 
     cfg = AlignConfig.model_validate(config)
-    manifest = run_dict(cfg.storage, run_id, "dataset/manifest.json")
-    version = register_task(cfg, run_id, model_dir_for_run(cfg, run_id), prepare_corpus(cfg), manifest)
-    decision = promote_task(cfg, version, run_metrics(cfg.storage, run_id))
-    return {"model_version": version, "gate": decision.to_dict()}
+    corpus = prepare_corpus(cfg)
+    if version is None:
+        manifest = run_dict(cfg.storage, run_id, "dataset/manifest.json")
+        version = register_task(cfg, run_id, model_dir_for_run(cfg, run_id), corpus, manifest)
+    decision = promote_task(cfg, version, corpus, None, force_reason)
+    url = deploy_task(cfg, version) if decision.passed and serve else ""
+    return {"model_version": version, "gate": decision.to_dict(), "serving_url": url}
+
+
+@flow(name="align-rollback")
+def rollback_flow(config: dict, reason: str = "", serve: bool = True) -> dict:
+    """Move ``champion`` back to the previous champion and let serving follow it."""
+    cfg = AlignConfig.model_validate(config)
+    event = rollback_task(cfg, reason)
+    url = deploy_task(cfg, event["version"]) if serve else ""
+    return {"champion": event, "serving_url": url}
 
 
 @flow(name="align-serve")

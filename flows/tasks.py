@@ -49,25 +49,71 @@ def train_task(cfg: AlignConfig, kept_uri: str, run_id: str, validation_json: st
     return train_stage(cfg, kept_uri, run_id, validation_json)
 
 
+def corpus_sets(corpus):
+    """The corpus' own evaluation sets, for suites that do not name a path."""
+    from components.evaluation.suite import CorpusSets
+
+    return CorpusSets(corpus.retrieval_json, corpus.classification_dir)
+
+
 @task(name="evaluate", cache_policy=NONE)
-def evaluate_task(cfg: AlignConfig, artifact_dir: str, run_id: str, corpus):
+def evaluate_task(cfg: AlignConfig, artifact_dir: str, run_id: str, corpus, suites: list[str] | None = None):
     from components.evaluation.stage import evaluate_stage
 
-    return evaluate_stage(cfg, artifact_dir, run_id, corpus.retrieval_json, corpus.classification_dir)
+    report = evaluate_stage(cfg, artifact_dir, run_id, corpus_sets(corpus), suites)
+    _evaluation_artifact(report)
+    return report
+
+
+@task(name="evaluate-registered-model", cache_policy=NONE)
+def evaluate_model_task(cfg: AlignConfig, model_uri: str, corpus, suites: list[str] | None = None):
+    from components.registry.evaluations import evaluate_version
+    from components.registry.store import resolve_version
+
+    name, version = resolve_version(cfg.storage.tracking_uri, model_uri)
+    report, run_id = evaluate_version(cfg, name, version, corpus_sets(corpus), suites)
+    _evaluation_artifact(report, f"{name} v{version}")
+    return name, version, report, run_id
+
+
+def _evaluation_artifact(report, title: str = "") -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    lines = [f"## Evaluation {title}".rstrip(), "", "| suite | metric | value | suite hash |", "|---|---|---|---|"]
+    for result in report.results:
+        for metric, value in sorted(result.metrics.items()):
+            lines.append(f"| {result.name} | `{metric}` | {value:.4f} | {result.content_hash} |")
+    create_markdown_artifact("\n".join(lines), key="evaluation", description="evaluation results per suite")
 
 
 @task(name="register", cache_policy=NONE)
-def register_task(cfg: AlignConfig, run_id: str, artifact_dir: str, corpus, manifest: dict) -> str:
+def register_task(cfg: AlignConfig, run_id: str, artifact_dir: str, corpus, manifest: dict, evaluation=None) -> str:
+    from prefect.runtime import flow_run
+
     from components.registry.stage import register_stage
 
-    return register_stage(cfg, run_id, artifact_dir, corpus.retrieval_json, manifest)
+    lineage = {"align.prefect_flow_run_id": str(flow_run.id)} if flow_run.id else {}
+    return register_stage(cfg, run_id, artifact_dir, corpus.retrieval_json, manifest, evaluation, lineage)
 
 
 @task(name="gate-and-promote", cache_policy=NONE)
-def promote_task(cfg: AlignConfig, version: str, metrics: dict):
+def promote_task(cfg: AlignConfig, version: str, corpus, evaluation=None, force_reason: str = ""):
+    from prefect.artifacts import create_markdown_artifact
+
     from components.registry.stage import promote_stage
 
-    return promote_stage(cfg, version, metrics)
+    decision = promote_stage(cfg, version, corpus_sets(corpus), evaluation, force_reason)
+    create_markdown_artifact(
+        decision.to_markdown(cfg.registry.model_name, version), key="gate-decision", description="promotion gate"
+    )
+    return decision
+
+
+@task(name="rollback", cache_policy=NONE)
+def rollback_task(cfg: AlignConfig, reason: str = "") -> dict:
+    from components.registry.stage import rollback_stage
+
+    return rollback_stage(cfg, reason)
 
 
 @task(name="deploy", cache_policy=NONE)

@@ -6,6 +6,7 @@ sit in memory as pixels.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -31,10 +32,28 @@ def open_image(path: str | Path) -> Image.Image:
         with Image.open(path) as image:
             image.load()
             return image.convert("RGB")
-    except FileNotFoundError:
-        raise
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"evaluation image {path} does not exist") from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"cannot decode evaluation image {path}: {exc}") from exc
+
+
+# An evaluation image: a file, encoded bytes (a table cell), or decoded uint8 pixels (a packaged set).
+ImageItem = Path | bytes | np.ndarray
+
+
+def decode_item(item: ImageItem, where: str) -> Image.Image:
+    """Any ``ImageItem`` as an RGB image; ``where`` names it in errors (file, or table + row)."""
+    if isinstance(item, Path):
+        return open_image(item)
+    if isinstance(item, np.ndarray):
+        return Image.fromarray(np.ascontiguousarray(item, dtype=np.uint8)).convert("RGB")
+    try:
+        with Image.open(io.BytesIO(item)) as image:
+            image.load()
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"cannot decode evaluation image {where}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -59,16 +78,17 @@ class ClassificationSet:
     """A labelled image set; ``class_names`` are what prompts are filled with."""
 
     name: str
-    image_paths: list[Path]
+    images: list[ImageItem]
     labels: np.ndarray  # (num_images,) int64 indices into ``class_names``
     class_names: list[str]  # display names, in the sorted order of ``class_folders``
     class_folders: list[str]
+    keys: list[str]  # a stable id per image (its file, or source + row), for splits and messages
 
     def __len__(self) -> int:
-        return len(self.image_paths)
+        return len(self.images)
 
     def load_image(self, index: int) -> Image.Image:
-        return open_image(self.image_paths[index])
+        return decode_item(self.images[index], self.keys[index])
 
 
 def _safe_relative(root: Path, *parts: str) -> Path:
@@ -95,9 +115,11 @@ def load_karpathy(
     """
     json_path = Path(json_path)
     root = Path(image_root) if image_root is not None else json_path.parent
+    if not json_path.is_file():
+        raise FileNotFoundError(f"retrieval suite file {json_path} does not exist")
     try:
         data = json.loads(json_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{json_path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{json_path} is not a Karpathy-split file: expected a mapping with an 'images' list")
@@ -184,8 +206,9 @@ def load_image_folder(root: str | Path) -> ClassificationSet:
     class_names = _read_display_names(names_file, folders) if names_file.is_file() else list(folders)
     return ClassificationSet(
         name=root.name,
-        image_paths=image_paths,
+        images=list(image_paths),
         labels=np.asarray(labels, dtype=np.int64),
         class_names=class_names,
         class_folders=folders,
+        keys=[str(path) for path in image_paths],
     )

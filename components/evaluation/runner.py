@@ -12,7 +12,8 @@ from components.evaluation.retrieval import retrieval_metrics
 
 TASK_RETRIEVAL = "zeroshot_retrieval"
 TASK_CLASSIFICATION = "zeroshot_classification"
-TASKS = (TASK_RETRIEVAL, TASK_CLASSIFICATION)
+TASK_KNN = "knn_classification"  # not a CLIP_benchmark task; the ALIGN paper's ablation metric
+TASKS = (TASK_RETRIEVAL, TASK_CLASSIFICATION, TASK_KNN)
 
 
 def evaluate_retrieval(
@@ -33,7 +34,7 @@ def evaluate_classification(
 ) -> dict[str, float]:
     """Zero-shot top-K accuracy of ``encoder`` on one labelled set, prompts filled with display names."""
     class_emb = zero_shot_classifier(encoder, cset.class_names, templates, batch_size=batch_size)
-    image_emb = encode_images(encoder, cset.load_image, len(cset.image_paths), batch_size)
+    image_emb = encode_images(encoder, cset.load_image, len(cset), batch_size)
     return classification_metrics(image_emb, cset.labels, class_emb, ks=ks)
 
 

@@ -90,29 +90,32 @@ def alias_version(tracking_uri: str, model_name: str, alias: str):
         raise
 
 
-def version_metrics(tracking_uri: str, version) -> dict[str, float]:
+def resolve_version(tracking_uri: str, model_uri: str) -> tuple[str, str]:
+    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> (name, version), checked to exist."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    return dict(mlflow.MlflowClient(tracking_uri=tracking_uri).get_run(version.run_id).data.metrics)
-
-
-def promote(tracking_uri: str, model_name: str, version: str) -> None:
-    import mlflow
-
-    mlflow.MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(model_name, CHAMPION, version)
+    path = model_uri.removeprefix("models:/")
+    if path == model_uri or not path:
+        raise ValueError(f"model URI {model_uri!r} must look like models:/<name>@<alias> or models:/<name>/<version>")
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    name, at, alias = path.partition("@")
+    try:
+        if at:
+            return name, str(client.get_model_version_by_alias(name, alias).version)
+        name, _, version = path.partition("/")
+        return name, str(client.get_model_version(name, version).version)
+    except MlflowException as exc:
+        raise LookupError(f"{model_uri} is not in the registry at {tracking_uri}: {exc.message}") from exc
 
 
 def download_model(tracking_uri: str, model_uri: str, dst: str | None = None) -> tuple[str, str]:
     """Resolve ``models:/<name>@<alias>`` (or ``/<version>``) and fetch its ALIGN artifact folder."""
     import mlflow
 
-    name, _, ref = model_uri.removeprefix("models:/").partition("@")
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    if ref:
-        version = client.get_model_version_by_alias(name, ref).version
-    else:
-        name, _, version = model_uri.removeprefix("models:/").partition("/")
+    name, version = resolve_version(tracking_uri, model_uri)
     mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)  # models:/ URIs resolve against the registry URI
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=dst))
     return str(version), str(local / pyfunc_artifact_path(local))
 

@@ -17,20 +17,26 @@ def prepare_tracking(storage: StorageConfig) -> None:
 
     if storage.tracking_uri.startswith("sqlite:///"):
         Path(storage.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    if "://" not in storage.artifact_uri:
+    if storage.artifact_uri and "://" not in storage.artifact_uri:
         Path(storage.artifact_uri).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(storage.tracking_uri)
     mlflow.set_registry_uri(storage.tracking_uri)
 
 
 def ensure_experiment(storage: StorageConfig, name: str) -> str:
-    """Experiment id for ``name``, created with artifacts under ``storage.artifact_uri``."""
+    """Experiment id for ``name``, created with artifacts under ``storage.artifact_uri``.
+
+    Against a tracking server (``http(s)://``) with no ``artifact_uri``, the server picks the location:
+    ``mlflow-artifacts:/``, proxied to its ``--artifacts-destination`` (see infra/mlflow/README.md).
+    """
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=storage.tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
+    if not storage.artifact_uri and storage.tracking_uri.startswith(("http://", "https://")):
+        return client.create_experiment(name)
     location = storage.artifact_uri.rstrip("/") + f"/{name}"
     if "://" not in location:
         location = Path(location).resolve().as_uri()

@@ -6,7 +6,7 @@
 #   infra/mlflow/run-mlflow-server.sh
 #
 # Environment:
-#   MLFLOW_BACKEND_STORE_URI  required: sqlite:////abs/path/mlflow.db, or postgresql://user@host:5432/db
+#   MLFLOW_BACKEND_STORE_URI  required: sqlite:////abs/path/mlflow.db, or postgresql+psycopg2://user@host:5432/db
 #                             (password from ~/.pgpass, PGPASSWORD or a k8s Secret, never a file in the
 #                             repository; Postgres also needs `pip install psycopg2-binary`, which is
 #                             not part of constraints.txt). The URI is never echoed.

@@ -59,7 +59,7 @@ def test_first_run_ingests_trains_registers_promotes_and_serves(lifecycle_runs):
     assert report["rows_in"] == report["rows_kept"] + report["rows_rejected"]
     assert report["rejected_by_rule"]["image_undecodable"] >= 1  # the corpus' corrupt images
     assert report["rejected_by_rule"]["caption_not_utf8"] >= 1  # and its non-UTF-8 captions
-    for name in ("retrieval/text_to_image/R_at_1", "retrieval/image_to_text/R_at_10", "classification/acc1"):
+    for name in ("retrieval/text_to_image/R_at_1", "retrieval/image_to_text/R_at_10", "classification/acc1", "knn/k1/acc1"):
         assert 0.0 <= first["metrics"][name] <= 1.0
     assert first["model_version"] == "1" and first["gate"]["passed"]
     assert first["serving_url"] == f"http://127.0.0.1:{cfg.serve.port}"
@@ -71,8 +71,19 @@ def test_registry_holds_lineage_and_aliases(lifecycle_runs):
     model = client.get_registered_model(cfg.registry.model_name)
     assert str(model.aliases["challenger"]) == "2"
     version = client.get_model_version(cfg.registry.model_name, "1")
-    for tag in ("align.dataset_content_hash", "align.config_hash", "align.git_commit"):
+    for tag in ("align.dataset_content_hash", "align.config_hash", "align.git_commit", "align.parent_run_id"):
         assert version.tags[tag]
+    assert version.tags["align.parent_run_id"] == first["run_id"] and version.tags["align.gate"] == "passed"
+    # Each suite's results are on the version (with the suite's content hash) and in the run.
+    import json
+
+    stored = json.loads(version.tags["align.eval.retrieval"])
+    assert stored["run_id"] == first["run_id"] and len(stored["hash"]) == 16
+    assert stored["metrics"]["retrieval/mean_recall"] == pytest.approx(first["metrics"]["retrieval/mean_recall"])
+    record = mlflow.artifacts.load_dict(f"runs:/{first['run_id']}/eval/classification/results.json")
+    assert record["task"] == "zeroshot_classification" and set(record["metrics"]) >= {"acc1", "acc5"}
+    artifacts = {a.path for a in client.list_artifacts(first["run_id"], "eval/classification")}
+    assert {"eval/classification/confusion_matrix.png", "eval/classification/details.json"} <= artifacts
     run = client.get_run(first["run_id"])
     assert run.inputs.dataset_inputs, "the run links to the dataset it trained on"
     assert "train/loss" in run.data.metrics and "retrieval/mean_recall" in run.data.metrics
@@ -88,8 +99,14 @@ def test_second_run_is_gated_against_the_first_champion(lifecycle_runs):
     cfg, first, second = lifecycle_runs
     assert second["model_version"] == "2"
     assert second["gate"]["champion_version"] == "1"
-    champion = mlflow.MlflowClient(cfg.storage.tracking_uri).get_model_version_by_alias(cfg.registry.model_name, "champion")
+    client = mlflow.MlflowClient(cfg.storage.tracking_uri)
+    champion = client.get_model_version_by_alias(cfg.registry.model_name, "champion")
     assert str(champion.version) == ("2" if second["gate"]["passed"] else "1")
+    # Both were compared on the same suite contents; the outcome is recorded on the challenger.
+    tags = client.get_model_version(cfg.registry.model_name, "2").tags
+    assert tags["align.gate"] == ("passed" if second["gate"]["passed"] else "failed")
+    assert "align.gate.delta.retrieval/mean_recall" in tags
+    assert second["serving_url"] == ("" if not second["gate"]["passed"] else first["serving_url"])
     # The data stage was cached: same corpus and filter settings, same dataset.
     assert second["dataset_uri"] == first["dataset_uri"]
 

@@ -10,7 +10,7 @@ from align_cli.main import _parser, main
 
 def test_every_lifecycle_stage_has_a_verb():
     verbs = set(_parser()._subparsers._group_actions[0].choices)
-    assert {"run", "ingest", "train", "evaluate", "promote", "serve", "search", "down", "config"} <= verbs
+    assert {"run", "ingest", "train", "evaluate", "promote", "rollback", "serve", "search", "down", "config"} <= verbs
 
 
 def test_train_resumes_a_given_run_and_evaluate_promote_take_one():
@@ -18,6 +18,17 @@ def test_train_resumes_a_given_run_and_evaluate_promote_take_one():
     assert parser.parse_args(["train", "--run-id", "abc", "train.steps=9"]).run_id == "abc"
     assert parser.parse_args(["train"]).run_id is None
     assert parser.parse_args(["evaluate", "--run-id", "abc"]).run_id == "abc"
+
+
+def test_registry_verbs_take_a_model_uri_a_version_a_forced_reason_and_a_rollback_reason():
+    parser = _parser()
+    evaluate = parser.parse_args(["evaluate", "--model", "models:/align@champion", "--suite", "knn", "--suite", "retrieval"])
+    assert evaluate.model == "models:/align@champion" and evaluate.suite == ["knn", "retrieval"]
+    promote = parser.parse_args(["promote", "--version", "3", "--force", "hotfix", "--no-serve"])
+    assert (promote.version, promote.force, promote.no_serve) == ("3", "hotfix", True)
+    assert parser.parse_args(["rollback", "--reason", "bad answers"]).reason == "bad answers"
+    with pytest.raises(SystemExit):  # a run and a registered model at once is ambiguous
+        parser.parse_args(["evaluate", "--run-id", "abc", "--model", "models:/align@champion"])
 
 
 def test_config_verb_prints_the_resolved_tree_with_overrides(tmp_path, monkeypatch, capsys):

@@ -18,9 +18,9 @@ def test_every_shipped_recipe_loads(recipe):
 
 def test_overrides_are_typed_and_dotted(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGN_HOME", str(tmp_path / "home"))
-    cfg = load_config(None, ["seed=2", "train.steps=11", "model.text.num_layers=1", "gate.min_metrics={a: 0.5}"])
+    cfg = load_config(None, ["seed=2", "train.steps=11", "model.text.num_layers=1", "gate.min_metrics={knn/k1/acc1: 0.5}"])
     assert (cfg.seed, cfg.train.steps, cfg.model.text.num_layers) == (2, 11, 1)
-    assert cfg.gate.min_metrics == {"a": 0.5}
+    assert cfg.gate.min_metrics == {"knn/k1/acc1": 0.5}
     assert cfg.storage.home == str(tmp_path / "home")
     assert cfg.storage.tracking_uri == f"sqlite:///{tmp_path}/home/mlflow.db"  # four slashes: absolute
 

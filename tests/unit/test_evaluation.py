@@ -287,7 +287,7 @@ def test_image_folder_reader_with_display_names(tmp_path):
     cset = load_image_folder(tmp_path)
     assert cset.class_folders == ["n01", "n02"]
     assert cset.class_names == ["red thing", "blue thing"]
-    assert [p.name for p in cset.image_paths] == ["a.png", "b.png", "c.png"]
+    assert [p.name for p in cset.images] == ["a.png", "b.png", "c.png"]
     assert cset.labels.tolist() == [0, 1, 1]
 
     (tmp_path / "classes.json").write_text(json.dumps({"classes": ["only one"]}))

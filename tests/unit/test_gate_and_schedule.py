@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from components.config import GateConfig
-from components.registry.gate import decide
+from components.registry.gate import decide, gate_suites
+from components.registry.promotion import champion_stack
 from components.train.schedule import build_optimizer, warmup_linear_decay
 
-GATE = GateConfig(min_metrics={"r1": 0.1}, compare_metric="mean", max_regression=0.01)
+GATE = GateConfig(min_metrics={"r1": 0.1}, max_regression={"mean": 0.01})
 
 
 def test_first_model_only_needs_the_floors():
@@ -22,6 +23,40 @@ def test_challenger_must_not_regress_beyond_tolerance():
     assert decide({"r1": 0.3, "mean": 0.495}, champion, GATE, "1").passed  # within 0.01
     worse = decide({"r1": 0.3, "mean": 0.48}, champion, GATE, "1")
     assert not worse.passed and "champion v1" in worse.reasons[0]
+    assert worse.deltas() == {"mean": pytest.approx(-0.02)}
+    assert "missing from champion v1" in decide({"r1": 0.3, "mean": 0.5}, {"r1": 0.3}, GATE, "1").reasons[0]
+
+
+def test_every_metric_has_its_own_tolerance_and_the_table_shows_each_check():
+    gate = GateConfig(
+        min_metrics={"ret/R_at_1": 0.05, "cls/acc1": 0.2},
+        max_regression={"ret/mean_recall": 0.0, "cls/acc1": 0.05},
+    )
+    champion = {"ret/R_at_1": 0.3, "ret/mean_recall": 0.40, "cls/acc1": 0.50}
+    ok = decide({"ret/R_at_1": 0.3, "ret/mean_recall": 0.41, "cls/acc1": 0.46}, champion, gate, "3")
+    assert ok.passed and [c.metric for c in ok.checks] == ["cls/acc1", "ret/R_at_1", "ret/mean_recall"]
+    bad = decide({"ret/R_at_1": 0.01, "ret/mean_recall": 0.41, "cls/acc1": 0.44}, champion, gate, "3")
+    assert not bad.passed and len(bad.reasons) == 2  # below a floor, and acc1 trails by > 0.05
+    table = bad.to_markdown("align", "4")
+    assert "**failed**" in table and "| `cls/acc1` | 0.4400 | 0.5000 | -0.0600 |" in table
+    assert gate_suites(gate) == ["cls", "ret"]
+
+
+def test_a_forced_promotion_reads_as_forced():
+    decision = decide({"r1": 0.0}, None, GATE)
+    decision.passed, decision.forced_reason = True, "hotfix for a broken tokenizer"
+    assert decision.outcome == "forced" and "hotfix" in decision.to_markdown("align", "7")
+
+
+def test_rollback_walks_back_through_champions_instead_of_flipping():
+    history = [{"version": v, "how": "gate"} for v in ("1", "2", "3")]
+    assert champion_stack(history) == ["1", "2", "3"]
+    history.append({"version": "2", "how": "rollback"})
+    assert champion_stack(history) == ["1", "2"]  # a second rollback goes to v1, not back to v3
+    history.append({"version": "1", "how": "rollback"})
+    assert champion_stack(history) == ["1"]
+    history.append({"version": "4", "how": "forced"})
+    assert champion_stack(history) == ["1", "4"]
 
 
 def test_schedule_warms_up_linearly_then_decays_to_zero():
