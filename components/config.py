@@ -270,6 +270,7 @@ class EvalConfig(_Section):
     classification_dir: str = ""  # the corpus' labelled set (ImageFolder, optional classes.json)
     suites: list[SuiteConfig] = Field(default_factory=_default_suites)
     batch_size: int = 128
+    device: str = "auto"  # where evaluation encodes: auto (GPU if present), cpu, cuda, cuda:1, ...
     plots: bool = True  # PNG plots per suite, logged next to the JSON results
 
     @field_validator("suites")

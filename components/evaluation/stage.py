@@ -49,7 +49,7 @@ def evaluate_artifact(
     """Load the artifact, score it on ``suites`` (default: all configured), log to ``run_id``."""
     from components.model.artifact import load_encoder
 
-    encoder = load_encoder(artifact_dir, batch_size=cfg.eval.batch_size)
+    encoder = load_encoder(artifact_dir, batch_size=cfg.eval.batch_size, device=cfg.eval.device)
     with tempfile.TemporaryDirectory(prefix="align-eval-plots-") as plots:
         report = evaluate_suites(
             encoder, cfg.eval, corpus, model_display_name(encoder.model.cfg), pretrained or run_id, Path(plots), suites

@@ -77,8 +77,9 @@ def load_model(directory: str | Path) -> tuple[AlignModel, object]:
 class AlignEncoder:
     """Inference wrapper: PIL images / strings in, L2-normalised numpy embeddings out."""
 
-    def __init__(self, model: AlignModel, tokenizer, batch_size: int = 128):
-        self.model = model.eval()
+    def __init__(self, model: AlignModel, tokenizer, batch_size: int = 128, device: str = "cpu"):
+        self.device = torch.device(resolve_device(device))
+        self.model = model.eval().to(self.device)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.preprocess = build_pipeline(model.cfg.eval_preprocess)
@@ -93,8 +94,8 @@ class AlignEncoder:
         out = [np.zeros((0, self.embed_dim), np.float32)]
         for start in range(0, len(images), self.batch_size):
             chunk = [self.preprocess(image) for image in images[start : start + self.batch_size]]
-            batch = to_batch(chunk, self.mean, self.std, self.model.cfg.channels_last)
-            out.append(self.model.encode_image(batch).float().numpy())
+            batch = to_batch(chunk, self.mean, self.std, self.model.cfg.channels_last).to(self.device)
+            out.append(self.model.encode_image(batch).float().cpu().numpy())
         return np.concatenate(out)
 
     @torch.inference_mode()
@@ -102,7 +103,8 @@ class AlignEncoder:
         out = [np.zeros((0, self.embed_dim), np.float32)]
         for start in range(0, len(texts), self.batch_size):
             tokens = tokenize(self.tokenizer, list(texts[start : start + self.batch_size]), self.model.cfg)
-            out.append(self.model.encode_text(tokens["input_ids"], tokens["attention_mask"]).float().numpy())
+            ids, mask = tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
+            out.append(self.model.encode_text(ids, mask).float().cpu().numpy())
         return np.concatenate(out)
 
 
@@ -112,6 +114,13 @@ def tokenize(tokenizer, texts: list[str], cfg: ModelConfig) -> dict[str, torch.T
     )
 
 
-def load_encoder(directory: str | Path, batch_size: int = 128) -> AlignEncoder:
+def resolve_device(device: str = "auto") -> str:
+    """``auto``: the GPU when there is one; evaluating a B7/L2 model on CPU takes hours."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_encoder(directory: str | Path, batch_size: int = 128, device: str = "cpu") -> AlignEncoder:
     model, tokenizer = load_model(directory)
-    return AlignEncoder(model, tokenizer, batch_size=batch_size)
+    return AlignEncoder(model, tokenizer, batch_size=batch_size, device=device)

@@ -35,7 +35,7 @@ def register_stage(
     """
     from components.model.artifact import load_encoder
 
-    encoder = load_encoder(artifact_dir, batch_size=cfg.eval.batch_size)
+    encoder = load_encoder(artifact_dir, batch_size=cfg.eval.batch_size, device=cfg.eval.device)
     build_search_index(encoder, retrieval_json, cfg.eval.retrieval_split, artifact_dir, cfg.eval.batch_size)
     tags = {
         "align.dataset_content_hash": dataset_manifest.get("content_hash", ""),

@@ -125,3 +125,10 @@ def test_train_bench_dataset_is_jpeg_bytes_and_captions(train_bench, tmp_path):
         image = Image.open(io.BytesIO(data))
         assert image.format == "JPEG" and min(image.size) == train_bench.SHORT_SIDE
     assert all(5 <= len(text.split()) <= 10 for text in texts)
+
+
+def test_retrieval_bench_agrees_with_its_full_sort_baseline(tmp_path):
+    bench = _load("retrieval_eval")
+    result = bench.main(["--images", "60", "--captions-per-image", "3", "--dim", "16", "--out", str(tmp_path / "r.json")])
+    assert result["captions"] == 180 and 0.0 < result["metrics"]["mean_recall"] <= 1.0
+    assert json.loads((tmp_path / "r.json").read_text())["speedup"] > 0

@@ -142,3 +142,24 @@ def test_suites_are_selected_by_name_and_gate_metrics_must_name_a_suite(corpus):
         AlignConfig(gate=GateConfig(min_metrics={}, max_regression={"retreival/mean_recall": 0.0}))
     with pytest.raises(ValueError, match="unique"):
         EvalConfig(suites=[SuiteConfig(name="a", task="knn_classification")] * 2)
+
+
+def test_the_packaged_animal_mnist_suite_loads_hashes_and_scores(corpus):
+    suite = SuiteConfig(name="animals", task="zeroshot_classification", path="animal_mnist", templates="silhouette",
+                        max_images=60)
+    loaded = load_suite(suite, corpus)
+    assert loaded.data.class_names[:3] == ["bear", "bird", "cat"] and len(loaded.data) == 60
+    assert loaded.content_hash == load_suite(suite, corpus).content_hash
+
+    class PixelEncoder:  # images: their downscaled pixels; texts: a seeded random direction each
+        def encode_images(self, images):
+            rows = np.stack([np.asarray(im.convert("L").resize((4, 4)), dtype=np.float32).ravel() + 1 for im in images])
+            return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+        def encode_texts(self, texts):
+            rows = np.stack([np.random.default_rng(sum(map(ord, t))).standard_normal(16) for t in texts])
+            return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+    report = evaluate_suites(PixelEncoder(), EvalConfig(suites=[suite], plots=False), corpus, "pixels", "test")
+    assert 0.0 <= report.metrics["animals/acc1"] <= 1.0 and report.results[0].details["images"] == 60
+    assert report.results[0].record["dataset"] == "animal_mnist"
