@@ -95,6 +95,8 @@ def _summary(result: dict, seconds: float) -> None:
     print(f"model:   {result['model_name']} version {result['model_version']} (run {result['run_id']}), gate {verdict}")
     if result["serving_url"]:
         print(f"serving: {result['serving_url']}  (POST /v1/search {{\"text\": ..., \"k\": 5}}; GET /healthz)")
+    elif gate["champion_version"]:
+        print(f"serving: unchanged; champion version {gate['champion_version']} keeps serving")
     else:
         print("serving: nothing to serve yet (no model has passed the gate)")
 

@@ -1,7 +1,8 @@
-"""Zero-shot evaluation of a dual encoder: retrieval Recall@K and prompt-ensembled classification.
+"""Zero-shot evaluation of a dual encoder: retrieval Recall@K, prompt-ensembled classification, kNN.
 
-A pure library (numpy, Pillow): it sees the model only through the ``DualEncoder`` protocol and leaves
-tracking and orchestration to its callers.
+Suites (``suite.py``) are read, fingerprinted by content and scored through the ``DualEncoder``
+protocol only, with numpy, Pillow and matplotlib (plots); ``stage.py`` alone talks to MLflow, and
+orchestration is left to ``flows/``.
 """
 
 from components.evaluation.batching import encode_images, encode_texts
@@ -15,30 +16,40 @@ from components.evaluation.datasets import (
     open_image,
 )
 from components.evaluation.encoder import DualEncoder
+from components.evaluation.knn import knn_metrics
 from components.evaluation.retrieval import retrieval_metrics
 from components.evaluation.runner import (
     TASK_CLASSIFICATION,
+    TASK_KNN,
     TASK_RETRIEVAL,
     benchmark_record,
     evaluate_classification,
     evaluate_retrieval,
 )
+from components.evaluation.suite import CorpusSets, EvalReport, SuiteError, evaluate_suites, load_suite
 
 __all__ = [
     "TASK_CLASSIFICATION",
+    "TASK_KNN",
     "TASK_RETRIEVAL",
     "ClassificationSet",
+    "CorpusSets",
     "DualEncoder",
+    "EvalReport",
     "ImageDecodeError",
     "RetrievalSet",
+    "SuiteError",
     "benchmark_record",
     "classification_metrics",
     "encode_images",
     "encode_texts",
     "evaluate_classification",
     "evaluate_retrieval",
+    "evaluate_suites",
+    "knn_metrics",
     "load_image_folder",
     "load_karpathy",
+    "load_suite",
     "open_image",
     "retrieval_metrics",
     "zero_shot_classifier",

@@ -210,5 +210,5 @@ def load_image_folder(root: str | Path) -> ClassificationSet:
         labels=np.asarray(labels, dtype=np.int64),
         class_names=class_names,
         class_folders=folders,
-        keys=[str(path) for path in image_paths],
+        keys=[path.relative_to(root).as_posix() for path in image_paths],  # stable wherever the set lives
     )

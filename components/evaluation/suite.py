@@ -107,7 +107,7 @@ def _classification_set(suite: SuiteConfig, path: str) -> ClassificationSet:
         images, labels, names = read_labelled_table(path, suite.image_column, suite.label_column)
         cset = ClassificationSet(
             name=Path(path).stem, images=images, labels=labels, class_names=names, class_folders=list(names),
-            keys=[f"{path} row {i}" for i in range(len(labels))],
+            keys=[f"{Path(path).name} row {i}" for i in range(len(labels))],
         )
         cset = _subsample(cset, suite.max_images)
     else:
@@ -159,7 +159,8 @@ def _content_hash(suite: SuiteConfig, data: RetrievalSet | ClassificationSet) ->
         digest.update(json.dumps([data.captions, data.caption_to_image.tolist()]).encode())
         images = list(data.image_paths)
     else:
-        digest.update(json.dumps([data.class_names, data.labels.tolist()]).encode())
+        # Keys decide the kNN gallery/query split, so they are content too.
+        digest.update(json.dumps([data.class_names, data.labels.tolist(), data.keys]).encode())
         images = list(data.images)
     for item in images:
         content = _item_bytes(item)

@@ -92,6 +92,15 @@ def test_content_hash_follows_data_and_protocol_only(corpus, tmp_path):
     assert suite_hashes(cfg, corpus)["classification"] != first["classification"]
 
 
+def test_a_suite_copied_elsewhere_keeps_its_hash_and_knn_split(corpus, tmp_path):
+    import shutil
+
+    shutil.copytree(tmp_path / "cls", tmp_path / "elsewhere" / "cls")
+    shutil.copytree(tmp_path / "ret", tmp_path / "elsewhere" / "ret")
+    moved = CorpusSets(str(tmp_path / "elsewhere" / "ret" / "dataset.json"), str(tmp_path / "elsewhere" / "cls"))
+    assert suite_hashes(EvalConfig(), moved) == suite_hashes(EvalConfig(), corpus)
+
+
 def test_a_missing_suite_file_is_named(corpus, tmp_path):
     missing = SuiteConfig(name="flickr", task="zeroshot_retrieval", path=str(tmp_path / "nope.json"))
     with pytest.raises(SuiteError, match=r"suite 'flickr'.*nope\.json does not exist"):
