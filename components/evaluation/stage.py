@@ -16,7 +16,10 @@ from components.evaluation.suite import CorpusSets, EvalReport, evaluate_suites
 
 def model_display_name(model: ModelConfig) -> str:
     """The CLIP_benchmark ``model`` field: the architecture, read from the artifact's own config."""
-    return f"align-{model.image_tower}-bert{model.text.num_layers}x{model.text.hidden_size}"
+    text = model.text.pretrained.rstrip("/").rsplit("/", 1)[-1] if model.text.pretrained else (
+        f"bert{model.text.num_layers}x{model.text.hidden_size}"
+    )
+    return f"align-{model.image_tower}-{text}"
 
 
 def log_report(tracking_uri: str, run_id: str, report: EvalReport) -> None:
