@@ -176,6 +176,21 @@ def _serving_version(cfg: AlignConfig) -> str:
     return str(body["model_version"])
 
 
+def _latest_gate_table() -> str:
+    """The newest "gate-decision" markdown artifact, read back from Prefect's API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as prefect:
+        artifacts = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gate-decision"])),
+            sort=ArtifactSort.CREATED_DESC, limit=1,
+        )
+    assert artifacts, "no gate-decision artifact was recorded"
+    return str(artifacts[0].data)
+
+
 def _champion(client, cfg) -> str:
     return str(client.get_model_version_by_alias(cfg.registry.model_name, "champion").version)
 
@@ -201,6 +216,8 @@ def test_gate_promotes_only_models_that_clear_it_and_serving_follows(registry):
     assert tags["align.gate"] == "failed" and tags["align.gate.champion_version"] == versions["weak"]
     assert "below the floor 0.5" in tags["align.gate.reason"] and "trails champion" in tags["align.gate.reason"]
     assert float(tags["align.gate.delta.colours/acc1"]) < 0
+    table = _latest_gate_table()
+    assert f"v{versions['degraded']}: **failed**" in table and "| `colours/acc1` |" in table
 
     # Change a suite's contents: the champion's stored numbers no longer count, it is re-evaluated.
     (root / "colours" / "red" / "extra.jpg").write_bytes(_jpeg(_draw(COLOURS["red"], "square", 2)))
