@@ -10,6 +10,7 @@
                                                     gate a version (registering a run first) and move
                                                     champion if it passes; --force skips the gate, recorded
     align rollback [--reason TEXT]                  champion back to the previous champion
+    align index [--version N]                       embed the filtered dataset into a version's search index
     align search "a red circle" [-k 5]              query the serving endpoint
     align down                                      stop serving and the local Ray head
     align config                                    print the resolved config
@@ -68,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     rollback = verb("rollback", "move champion back to the previous champion (recorded) and redeploy serving")
     rollback.add_argument("--reason", default="", help="why; recorded in the registry")
     rollback.add_argument("--no-serve", action="store_true", help="move the alias only; do not redeploy serving")
+    verb("index", "embed the filtered dataset with a version (default: the champion) into its search index").add_argument(
+        "--version", default=None, help="registered version (default: the champion)"
+    )
     verb("serve", "deploy the champion on Ray Serve")
     verb("down", "stop serving and the local Ray head")
     verb("config", "print the resolved config")
@@ -159,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         return _registry_verb(args, cfg, config)
     from flows import stages
 
+    if args.verb == "index":
+        _print(stages.index_flow(config, args.version))
+        return 0
     if args.verb == "train" and args.run_id:
         _print(stages.train_flow(config, args.run_id))
         return 0

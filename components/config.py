@@ -33,6 +33,7 @@ class StorageConfig(_Section):
     tracking_uri: str = ""  # default: sqlite:////<home>/mlflow.db
     artifact_uri: str = ""  # default: <home>/mlartifacts
     datasets_uri: str = ""  # default: <home>/datasets
+    indexes_uri: str = ""  # default: <home>/indexes (served search corpora, one per model version)
     checkpoints_uri: str = ""  # default: <home>/checkpoints
     prefect_home: str = ""  # default: <home>/prefect
 
@@ -307,14 +308,51 @@ class RegistryConfig(_Section):
     experiment: str = "align-lifecycle"
 
 
+class IndexConfig(_Section):
+    """The served search corpus: embedded by one model version, so index and model always match."""
+
+    # dataset: the filtered training dataset, embedded by each promoted version (images served too);
+    # eval: only the evaluation split embedded at registration, inside the model artifact.
+    source: Literal["dataset", "eval"] = "dataset"
+    exact_max: int = 200_000  # exact (flat) search up to this many items; an ANN index above
+    ann_spec: str = "HNSW32"  # faiss factory string of the ANN index
+    ann_ef_search: int = 128  # HNSW search breadth: recall against latency
+    recall_queries: int = 500  # items used as queries to measure the ANN index's recall@10 vs exact
+    batch_size: int = 256  # images per embedding call
+    embed_concurrency: int = 2  # most embedding actors at once (Ray Data actor pool)
+    rows_per_group: int = 1024  # Parquet row group size: an image request reads one group
+
+
+class AutoscalingConfig(_Section):
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 8.0
+
+
 class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = 8000
     app_name: str = "align"
     route_prefix: str = "/"
     num_replicas: int = 1
+    autoscaling: AutoscalingConfig | None = None  # set to scale replicas with load (num_replicas is ignored)
+    replica_cpus: float = 0.5  # small enough to share a laptop-sized cluster with a training run
     max_k: int = 100
     ready_timeout_s: float = 180.0
+    follow_champion_s: float = 5.0  # how often replicas check the champion alias; 0: never (pinned)
+    health_check_period_s: float = 10.0
+    # Request limits: every violation is a 4xx naming the problem, never a 500.
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_image_bytes: int = 4 * 1024 * 1024
+    max_image_pixels: int = 40_000_000  # decompression-bomb guard, checked before decoding
+    max_text_chars: int = 1000
+    max_items_per_request: int = 32  # texts or images in one embed/classify call
+    max_labels: int = 100  # candidate labels in one classify call
+    batch_size: int = 16  # dynamic batching (@serve.batch) of encoder calls
+    batch_wait_s: float = 0.005
+    # Optional API key: the *name* of an environment variable holding it (never the key itself).
+    # When set, /v1/* requires the header X-API-Key; health and metrics stay open.
+    api_key_env: str = ""
 
 
 class RayConfig(_Section):
@@ -335,6 +373,7 @@ class AlignConfig(_Section):
     eval: EvalConfig = EvalConfig()
     gate: GateConfig = GateConfig()
     registry: RegistryConfig = RegistryConfig()
+    index: IndexConfig = IndexConfig()
     serve: ServeConfig = ServeConfig()
 
     @model_validator(mode="after")
@@ -350,7 +389,7 @@ class AlignConfig(_Section):
 
     def config_hash(self) -> str:
         """Hash of everything that shapes a model, so runs can be compared and cached."""
-        payload = self.model_dump(exclude={"storage": True, "ray": True, "serve": True, **_PRESENTATION_ONLY})
+        payload = self.model_dump(exclude={"storage": True, "ray": True, "serve": True, "index": True, **_PRESENTATION_ONLY})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def section_hash(self, *sections: str) -> str:
@@ -393,6 +432,7 @@ def resolve_storage(storage: StorageConfig) -> StorageConfig:
         # A tracking server keeps artifacts in its own store (proxied ``mlflow-artifacts:``) unless told.
         artifact_uri=storage.artifact_uri or ("" if _is_server(storage.tracking_uri) else _join(home, "mlartifacts")),
         datasets_uri=storage.datasets_uri or _join(home, "datasets"),
+        indexes_uri=storage.indexes_uri or _join(home, "indexes"),
         checkpoints_uri=storage.checkpoints_uri or _join(home, "checkpoints"),
         prefect_home=storage.prefect_home or _join(local_state, "prefect"),
     )

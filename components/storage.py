@@ -46,3 +46,16 @@ def read_text(uri: str) -> str:
     fs, path = _fs(uri)
     with fs.open_input_stream(path) as stream:
         return stream.read().decode("utf-8")
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = _fs(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(data)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = _fs(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()

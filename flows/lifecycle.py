@@ -26,7 +26,7 @@ def lifecycle(config: dict) -> dict:
     trained = train_task(cfg, dataset.kept_uri, run_id, corpus.retrieval_json)
     evaluation = evaluate_task(cfg, trained.artifact_dir, run_id, corpus)
     version = register_task(cfg, run_id, trained.artifact_dir, corpus, dataset.manifest, evaluation)
-    decision = promote_task(cfg, version, corpus, evaluation)
+    decision = promote_task(cfg, version, corpus, evaluation, kept_uri=dataset.kept_uri)
     logger.info("model version %s: gate %s %s", version, decision.outcome, decision.reasons)
     # Only a model that passed the gate is deployed; otherwise the champion keeps serving untouched.
     url = deploy_task(cfg, version) if decision.passed else ""

@@ -9,6 +9,7 @@ from flows.tasks import (
     deploy_task,
     evaluate_model_task,
     evaluate_task,
+    index_task,
     ingest_task,
     promote_task,
     register_task,
@@ -64,7 +65,8 @@ def promote_flow(
     if version is None:
         manifest = run_dict(cfg.storage, run_id, "dataset/manifest.json")
         version = register_task(cfg, run_id, model_dir_for_run(cfg, run_id), corpus, manifest)
-    decision = promote_task(cfg, version, corpus, None, force_reason)
+    kept_uri = ingest_task(cfg)[1].kept_uri if cfg.index.source == "dataset" else ""  # cached by content
+    decision = promote_task(cfg, version, corpus, None, force_reason, kept_uri)
     url = deploy_task(cfg, version) if decision.passed and serve else ""
     return {"model_version": version, "gate": decision.to_dict(), "serving_url": url}
 
@@ -73,9 +75,25 @@ def promote_flow(
 def rollback_flow(config: dict, reason: str = "", serve: bool = True) -> dict:
     """Move ``champion`` back to the previous champion and let serving follow it."""
     cfg = AlignConfig.model_validate(config)
-    event = rollback_task(cfg, reason)
+    kept_uri = ingest_task(cfg)[1].kept_uri if cfg.index.source == "dataset" else ""  # cached by content
+    event = rollback_task(cfg, reason, kept_uri)
     url = deploy_task(cfg, event["version"]) if serve else ""
     return {"champion": event, "serving_url": url}
+
+
+@flow(name="align-index")
+def index_flow(config: dict, version: str | None = None) -> dict:
+    """Embed the filtered dataset with a version (default: the champion) into its search index."""
+    from dataclasses import asdict
+
+    from components.registry.store import champion_version
+
+    cfg = AlignConfig.model_validate(config)
+    version = version or champion_version(cfg.storage.tracking_uri, cfg.registry.model_name)
+    if version is None:
+        raise LookupError(f"{cfg.registry.model_name} has no champion yet; pass --version")
+    _, dataset = ingest_task(cfg)
+    return asdict(index_task(cfg, str(version), dataset.kept_uri))
 
 
 @flow(name="align-serve")

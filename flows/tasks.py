@@ -96,31 +96,58 @@ def register_task(cfg: AlignConfig, run_id: str, artifact_dir: str, corpus, mani
     return register_stage(cfg, run_id, artifact_dir, corpus.retrieval_json, manifest, evaluation, lineage)
 
 
+def _index_builder(cfg: AlignConfig, kept_uri: str):
+    """What must exist before ``champion`` moves: the new champion's search index over ``kept_uri``."""
+    if cfg.index.source != "dataset" or not kept_uri:
+        return None
+
+    def build(version: str) -> None:
+        from components.runtime.ray_cluster import connect
+        from components.serving.corpus_index import index_stage
+
+        connect(cfg)
+        index_stage(cfg, version, kept_uri)
+
+    return build
+
+
 @task(name="gate-and-promote", cache_policy=NONE)
-def promote_task(cfg: AlignConfig, version: str, corpus, evaluation=None, force_reason: str = ""):
+def promote_task(cfg: AlignConfig, version: str, corpus, evaluation=None, force_reason: str = "", kept_uri: str = ""):
+    """Gate, then (on a pass) build the version's search index and move ``champion``."""
     from prefect.artifacts import create_markdown_artifact
 
     from components.registry.stage import promote_stage
 
-    decision = promote_stage(cfg, version, corpus_sets(corpus), evaluation, force_reason)
+    decision = promote_stage(cfg, version, corpus_sets(corpus), evaluation, force_reason, _index_builder(cfg, kept_uri))
     create_markdown_artifact(
         decision.to_markdown(cfg.registry.model_name, version), key="gate-decision", description="promotion gate"
     )
     return decision
 
 
+@task(name="build-search-index", cache_policy=NONE)
+def index_task(cfg: AlignConfig, version: str, kept_uri: str):
+    from components.runtime.ray_cluster import connect
+    from components.serving.corpus_index import index_stage
+
+    connect(cfg)
+    return index_stage(cfg, version, kept_uri)
+
+
 @task(name="rollback", cache_policy=NONE)
-def rollback_task(cfg: AlignConfig, reason: str = "") -> dict:
+def rollback_task(cfg: AlignConfig, reason: str = "", kept_uri: str = "") -> dict:
     from components.registry.stage import rollback_stage
 
-    return rollback_stage(cfg, reason)
+    return rollback_stage(cfg, reason, _index_builder(cfg, kept_uri))
 
 
 @task(name="deploy", cache_policy=NONE)
-def deploy_task(cfg: AlignConfig, model_version: str | None = None) -> str:
-    """Serve the champion; pinned to ``model_version`` when given, so readiness means *that* version."""
+def deploy_task(cfg: AlignConfig, champion_version: str | None = None) -> str:
+    """Serve the champion: a running app follows it in place; readiness means *that* version answers."""
     from components.runtime.ray_cluster import connect
-    from components.serving.deploy import deploy
+    from components.serving.deploy import deploy, ensure_serving
 
     connect(cfg)
-    return deploy(cfg.serve, cfg.registry, cfg.storage.tracking_uri, model_version=model_version)
+    if champion_version is None:
+        return deploy(cfg.serve, cfg.registry, cfg.storage.tracking_uri)
+    return ensure_serving(cfg.serve, cfg.registry, cfg.storage.tracking_uri, champion_version)

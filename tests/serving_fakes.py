@@ -43,7 +43,12 @@ class FakeEncoder:
         return fake_embed(texts, self.salt, self.dim)
 
     def encode_images(self, images: list) -> np.ndarray:
-        return fake_embed([str(id(im)) for im in images], self.salt, self.dim)
+        """An image whose top-left pixel's red value is i embeds like CAPTIONS[i] (a findable query)."""
+        texts = []
+        for image in images:
+            red = image.convert("RGB").getpixel((0, 0))[0]
+            texts.append(CAPTIONS[red] if red < len(CAPTIONS) else f"image {red}")
+        return fake_embed(texts, self.salt, self.dim)
 
 
 def write_artifact(
@@ -92,3 +97,12 @@ def load_encoder(artifact_dir: str) -> FakeEncoder:
     config = json.loads((Path(artifact_dir) / "align_config.json").read_text())
     time.sleep(config.get("load_delay_s", 0.0))  # a real model takes a while to load
     return FakeEncoder(config["salt"], config["dim"])
+
+
+def index_location(tracking_uri: str, model_name: str, version: str) -> str:
+    """The fake registry builds no corpus indexes: serving uses the index inside each artifact."""
+    return ""
+
+
+def champion_version(tracking_uri: str, model_name: str) -> str | None:
+    return json.loads((Path(tracking_uri) / "aliases.json").read_text()).get("champion")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 from components.registry.store import CHAMPION
 
@@ -75,8 +76,11 @@ def set_champion(tracking_uri: str, model_name: str, version: str, how: str, rea
     return event
 
 
-def rollback(tracking_uri: str, model_name: str, reason: str = "") -> dict:
-    """Move ``champion`` back to the champion before the current one; returns the recorded event."""
+def rollback(tracking_uri: str, model_name: str, reason: str = "", prepare: Callable[[str], object] | None = None) -> dict:
+    """Move ``champion`` back to the champion before the current one; returns the recorded event.
+
+    ``prepare(version)`` runs before the alias moves (serving follows the alias at once).
+    """
     client = _client(tracking_uri)
     current = client.get_registered_model(model_name).aliases.get(CHAMPION)
     stack = champion_stack(champion_history(tracking_uri, model_name))
@@ -88,6 +92,8 @@ def rollback(tracking_uri: str, model_name: str, reason: str = "") -> dict:
             f"(promotion history: {stack or 'empty'}); promote a version with `align promote --version N` instead"
         )
     target = stack[-2]
+    if prepare is not None:
+        prepare(target)
     event = set_champion(tracking_uri, model_name, target, ROLLED_BACK, reason)
     note = f"{event['at']}: champion rolled back to v{target}" + (f" ({reason})" if reason else "")
     client.set_model_version_tag(model_name, str(current), "align.rolled_back", note[:4000])

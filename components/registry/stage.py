@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 from components.config import AlignConfig
 from components.evaluation.suite import CorpusSets, EvalReport, suite_hashes
@@ -77,11 +78,14 @@ def promote_stage(
     corpus: CorpusSets,
     challenger_report: EvalReport | None = None,
     force_reason: str = "",
+    prepare: Callable[[str], object] | None = None,
 ) -> GateDecision:
     """Gate ``version`` against the floors and the champion; move ``champion`` if it passes.
 
     ``challenger_report`` is the challenger's fresh evaluation when the caller has one; otherwise its
     recorded results are used (or it is evaluated). ``force_reason`` skips the gate and is recorded.
+    ``prepare(version)`` runs just before the alias moves (e.g. building the version's search index),
+    because serving follows the alias as soon as it moves.
     """
     import mlflow
 
@@ -95,6 +99,8 @@ def promote_stage(
     if force_reason:
         decision = GateDecision(passed=True, champion_version=champion_version, forced_reason=force_reason)
         _record_decision(cfg, version, decision)
+        if prepare is not None:
+            prepare(version)
         set_champion(tracking, name, version, PROMOTED_BY_HAND, force_reason)
         return decision
 
@@ -112,10 +118,12 @@ def promote_stage(
     decision.suite_hashes = hashes
     _record_decision(cfg, version, decision)
     if decision.passed:
+        if prepare is not None:
+            prepare(version)
         set_champion(tracking, name, version, PROMOTED_BY_GATE)
     return decision
 
 
-def rollback_stage(cfg: AlignConfig, reason: str = "") -> dict:
+def rollback_stage(cfg: AlignConfig, reason: str = "", prepare: Callable[[str], object] | None = None) -> dict:
     """Move ``champion`` back to the previous champion; returns the recorded event."""
-    return rollback(cfg.storage.tracking_uri, cfg.registry.model_name, reason)
+    return rollback(cfg.storage.tracking_uri, cfg.registry.model_name, reason, prepare)

@@ -126,3 +126,19 @@ def pyfunc_artifact_path(model_dir: str | Path) -> str:
 
     mlmodel = yaml.safe_load((Path(model_dir) / "MLmodel").read_text())
     return mlmodel["flavors"]["python_function"]["artifacts"][ARTIFACT_KEY]["path"]
+
+
+INDEX_TAG = "align.index_uri"
+
+
+def champion_version(tracking_uri: str, model_name: str) -> str | None:
+    """The version ``champion`` points at now (None if there is none); cheap enough to poll."""
+    version = alias_version(tracking_uri, model_name, CHAMPION)
+    return str(version.version) if version is not None else None
+
+
+def index_location(tracking_uri: str, model_name: str, version: str) -> str:
+    """Where the corpus index built by this version lives ("" when none was built)."""
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=tracking_uri).get_model_version(model_name, str(version)).tags.get(INDEX_TAG, "")

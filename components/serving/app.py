@@ -1,155 +1,286 @@
-"""The Ray Serve deployment that answers text-to-image search over HTTP.
+"""The Ray Serve deployment: cross-modal search, embeddings and zero-shot classification over HTTP.
 
-Each replica holds one ``Searcher`` (encoder + corpus index of one registered version). Concurrent
-queries are batched inside the replica with ``@serve.batch``: Serve costs ~7 ms per request on these
-machines, so throughput comes from encoding many texts per forward pass, not from more replicas.
+Each replica holds one ``ServingModel`` (encoder + the index built by the same version). Encoder calls
+from concurrent requests are batched with ``@serve.batch`` (Serve costs ~7 ms per request here, so
+throughput comes from encoding many inputs per forward pass); a batch is grouped by model snapshot so
+a swap in the middle never mixes versions.
 
-Model swaps, two paths, neither drops a request:
-- ``deploy()`` / ``serve.run`` always restarts replicas (Serve 2.60 gives every imperative deploy a
-  fresh code version). ``max_surge_percent=100`` starts the new replicas, loaded with the new
-  version, before the old ones stop; old replicas drain their in-flight requests first.
-- A declarative config (``import_path: components.serving.app:app_builder``, e.g. a KubeRay
-  RayService) that changes only ``user_config.model_version`` makes Serve call ``reconfigure`` on
-  the running replicas: the new version loads off the event loop while the old one keeps serving,
-  then one reference is swapped.
+Model swaps, none drops a request:
+- **Following the champion** (default): every ``serve.follow_champion_s`` a replica asks the registry
+  where ``champion`` points; when it moved (promotion or rollback) the new version and its index load
+  in a worker thread, must answer a probe query, and only then replace the old one. A version that
+  fails to load or to answer keeps the old one serving; the error shows in ``GET /v1/model``.
+- ``deploy()`` / ``serve.run`` restarts replicas with ``max_surge_percent=100``: new replicas load
+  before old ones stop, and old ones drain their in-flight requests.
+- A declarative config (``import_path: components.serving.app:app_builder``, e.g. a KubeRay RayService)
+  that changes only ``user_config.model_version`` pins that version in place through ``reconfigure``.
 
 Nothing here touches Ray at import time; ``ray.serve`` is imported inside functions.
 """
 
-# No `from __future__ import annotations`: FastAPI must see the per-app request model object.
+from __future__ import annotations
+
 import asyncio
-from typing import Any, NamedTuple
+import logging
+from typing import Any
 
 from components.config import RegistryConfig, ServeConfig
-from components.serving.schemas import HealthResponse, SearchResponse, search_request_model
+from components.serving.images import decode_base64, open_image
+from components.serving.metrics import ServingMetrics
 from components.serving.searcher import (
+    DEFAULT_CHAMPION_RESOLVER,
     DEFAULT_DOWNLOADER,
     DEFAULT_ENCODER_LOADER,
+    DEFAULT_INDEX_LOCATOR,
     Loader,
-    Searcher,
-    load_searcher,
+    ServingModel,
+    compose_query,
+    load_serving_model,
+    resolve_callable,
 )
 
-DEPLOYMENT_NAME = "TextToImageSearch"
-# Small enough to share a laptop-sized cluster with a training run (config has no field for it yet).
-REPLICA_NUM_CPUS = 0.5
-# Batch at most this many queries per forward pass, waiting at most this long to fill a batch
-# (less than Serve's own per-request overhead, so an idle service adds little latency).
-MAX_BATCH_SIZE = 16
-BATCH_WAIT_TIMEOUT_S = 0.005
-# Must be >= MAX_BATCH_SIZE, or a replica is never offered enough requests to fill a batch.
-MAX_ONGOING_REQUESTS = 2 * MAX_BATCH_SIZE
-# A replica whose constructor keeps failing (bad artifact, missing version) fails the deploy fast.
-MAX_CONSTRUCTOR_RETRIES = 3
+log = logging.getLogger(__name__)
+
+DEPLOYMENT_NAME = "AlignSearch"
+MAX_CONSTRUCTOR_RETRIES = 3  # a replica whose constructor keeps failing fails the deploy fast
 USER_CONFIG_KEYS = frozenset({"model_version"})
+DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image showing a {}.")
 
 
-class _Query(NamedTuple):
-    text: str
-    k: int
+def _group_by_model(items: list[tuple[ServingModel, Any]]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for position, (model, _) in enumerate(items):
+        groups.setdefault(id(model), []).append(position)
+    return groups
 
 
-class SearchDeployment:
-    """Replica body: load a version at start, answer batched searches, swap versions in place."""
+class ServingDeployment:
+    """Replica body: load a version, answer batched requests, follow or pin the champion."""
 
     def __init__(
         self,
+        serve_cfg: dict,
         tracking_uri: str,
         model_name: str,
-        max_k: int,
         model_version: str | None = None,
-        downloader: Loader = DEFAULT_DOWNLOADER,
-        encoder_loader: Loader = DEFAULT_ENCODER_LOADER,
-        max_batch_size: int = MAX_BATCH_SIZE,
-        batch_wait_timeout_s: float = BATCH_WAIT_TIMEOUT_S,
+        loaders: dict[str, Loader] | None = None,
     ) -> None:
-        self.max_k = max_k
-        self._load_args = dict(
-            tracking_uri=tracking_uri, model_name=model_name, downloader=downloader, encoder_loader=encoder_loader
-        )
+        self.cfg = ServeConfig.model_validate(serve_cfg)
+        self.metrics = ServingMetrics()
+        loaders = {"downloader": DEFAULT_DOWNLOADER, "encoder_loader": DEFAULT_ENCODER_LOADER,
+                   "index_locator": DEFAULT_INDEX_LOCATOR, "champion_resolver": DEFAULT_CHAMPION_RESOLVER} | dict(loaders or {})
+        self._resolve_champion = resolve_callable(loaders.pop("champion_resolver"))
+        self._load_args = dict(tracking_uri=tracking_uri, model_name=model_name, **loaders)
+        self._pinned = model_version
         # Blocking is fine here: the replica takes no traffic until its constructor returns.
-        self._searcher: Searcher = load_searcher(model_version=model_version, **self._load_args)
+        self._model: ServingModel = load_serving_model(model_version=model_version, **self._load_args)
+        self.metrics.model_version.set(float(self._model.model_version) if self._model.model_version.isdigit() else -1)
         self._swap_lock = asyncio.Lock()
-        self._search_batch = self._answer_one
-        if max_batch_size > 1:  # 1 turns batching off (it also needs a Serve replica context)
+        self.last_swap_error = ""
+        self._embed_texts_batch, self._embed_images_batch = self._embed_texts_now, self._embed_images_now
+        if self.cfg.batch_size > 1:  # 1 turns batching off (batching also needs a Serve replica context)
             from ray import serve
 
-            self._search_batch = serve.batch(
-                max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s
-            )(self._answer_batch)
+            batch = serve.batch(max_batch_size=self.cfg.batch_size, batch_wait_timeout_s=self.cfg.batch_wait_s)
+            self._embed_texts_batch, self._embed_images_batch = batch(self._embed_texts_now), batch(self._embed_images_now)
+        self._follower: asyncio.Task | None = None
+
+    # --- model lifecycle ---------------------------------------------------------------------------
 
     @property
-    def model_version(self) -> str:
-        return self._searcher.model_version
+    def model(self) -> ServingModel:
+        return self._model
 
     async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         """Serve calls this after ``__init__`` and whenever only ``user_config`` changes.
 
-        ``{"model_version": "7"}`` pins that version; ``None`` keeps whatever is loaded (the
-        champion resolved at start). Loading runs in a worker thread so requests keep flowing on
-        the old searcher until the single reference swap.
+        ``{"model_version": "7"}`` pins that version; ``None`` follows the champion. Loading runs in a
+        worker thread so requests keep flowing on the old model until the single reference swap.
         """
         config = dict(user_config or {})
         unknown = set(config) - USER_CONFIG_KEYS
         if unknown:
             raise ValueError(f"unknown user_config keys {sorted(unknown)}; allowed: {sorted(USER_CONFIG_KEYS)}")
         wanted = config.get("model_version")
-        if wanted is None:
-            return
+        self._pinned = str(wanted) if wanted is not None else None
+        if wanted is not None and str(wanted) != self._model.model_version:
+            await self.swap_to(str(wanted), raise_errors=True)
+        self._start_following()
+
+    def _start_following(self) -> None:
+        if self._pinned is None and self.cfg.follow_champion_s > 0 and self._follower is None:
+            try:
+                self._follower = asyncio.get_running_loop().create_task(self._follow_champion())
+            except RuntimeError:  # no running loop (unit tests call methods directly)
+                self._follower = None
+
+    async def _follow_champion(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.follow_champion_s)
+            if self._pinned is not None:
+                continue
+            try:
+                await self.check_champion()
+            except Exception as exc:  # noqa: BLE001 -- the follower must outlive registry hiccups
+                log.warning("champion check failed: %s", exc)
+
+    async def check_champion(self) -> bool:
+        """Swap to the champion if it moved; True when a swap happened."""
+        champion = await asyncio.to_thread(self._resolve_champion, self._load_args["tracking_uri"], self._load_args["model_name"])
+        if champion is None or str(champion) == self._model.model_version:
+            return False
+        return await self.swap_to(str(champion))
+
+    async def swap_to(self, version: str, raise_errors: bool = False) -> bool:
+        """Load ``version`` (with its index) off the event loop; keep the old model if anything fails."""
         async with self._swap_lock:
-            if str(wanted) == self._searcher.model_version:
-                return
-            self._searcher = await asyncio.to_thread(load_searcher, model_version=str(wanted), **self._load_args)
+            if version == self._model.model_version:
+                return False
+            try:
+                model = await asyncio.to_thread(load_serving_model, model_version=version, **self._load_args)
+            except Exception as exc:
+                self.last_swap_error = f"version {version} did not load: {type(exc).__name__}: {exc}"[:2000]
+                self.metrics.swaps.labels("failed").inc()
+                log.error("keeping version %s: %s", self._model.model_version, self.last_swap_error)
+                if raise_errors:
+                    raise
+                return False
+            self._model, self.last_swap_error = model, ""
+            self.metrics.swaps.labels("ok").inc()
+            self.metrics.model_version.set(float(version) if version.isdigit() else -1)
+            return True
+
+    def check_health(self) -> None:
+        """Serve's periodic replica health check: a model must be loaded and consistent."""
+        model = self._model
+        if model is None or len(model.index) == 0:
+            raise RuntimeError("no model loaded")
+
+    # --- batched encoders ------------------------------------------------------------------------------
+
+    async def _embed_texts_now(self, items: list[tuple[ServingModel, str]]) -> list[Any]:
+        self.metrics.batch_size.labels("text").observe(len(items))
+        out: list[Any] = [None] * len(items)
+        for positions in _group_by_model(items).values():
+            model = items[positions[0]][0]
+            vectors = await asyncio.to_thread(model.embed_texts, [items[p][1] for p in positions])
+            for p, vector in zip(positions, vectors, strict=True):
+                out[p] = vector
+        return out
+
+    async def _embed_images_now(self, items: list[tuple[ServingModel, Any]]) -> list[Any]:
+        self.metrics.batch_size.labels("image").observe(len(items))
+        out: list[Any] = [None] * len(items)
+        for positions in _group_by_model(items).values():
+            model = items[positions[0]][0]
+            vectors = await asyncio.to_thread(model.embed_images, [items[p][1] for p in positions])
+            for p, vector in zip(positions, vectors, strict=True):
+                out[p] = vector
+        return out
+
+    async def _texts(self, model: ServingModel, texts: list[str]) -> list[Any]:
+        if self._embed_texts_batch == self._embed_texts_now:
+            return await self._embed_texts_now([(model, t) for t in texts])
+        return list(await asyncio.gather(*(self._embed_texts_batch((model, t)) for t in texts)))
+
+    async def _images(self, model: ServingModel, images: list[Any]) -> list[Any]:
+        if self._embed_images_batch == self._embed_images_now:
+            return await self._embed_images_now([(model, i) for i in images])
+        return list(await asyncio.gather(*(self._embed_images_batch((model, i)) for i in images)))
+
+    # --- request handlers (called by components.serving.http) ------------------------------------------
+
+    def decode_base64_images(self, values: list[str], field: str) -> list[Any]:
+        return [
+            open_image(decode_base64(value, f"{field}[{i}]", self.cfg.max_image_bytes), f"{field}[{i}]",
+                       self.cfg.max_image_bytes, self.cfg.max_image_pixels)
+            for i, value in enumerate(values)
+        ]
+
+    def decode_raw_images(self, values: list[bytes], field: str) -> list[Any]:
+        return [open_image(data, f"{field}[{i}]", self.cfg.max_image_bytes, self.cfg.max_image_pixels)
+                for i, data in enumerate(values)]
+
+    def _versioned(self, model: ServingModel) -> dict[str, str]:
+        return {"model_name": model.model_name, "model_version": model.model_version, "index_version": model.index_version}
+
+    async def embed(self, texts: list[str], images: list[Any]) -> dict[str, Any]:
+        model = self._model  # one snapshot per request
+        text_emb = await self._texts(model, texts) if texts else []
+        image_emb = await self._images(model, images) if images else []
+        return self._versioned(model) | {
+            "dim": model.index.dim,
+            "text_embeddings": [[float(x) for x in v] for v in text_emb],
+            "image_embeddings": [[float(x) for x in v] for v in image_emb],
+        }
+
+    async def search(self, text: str | None, image: Any, modifiers: list[tuple[str, float]], k: int) -> dict[str, Any]:
+        """Text→image, image→image, or ALIGN's image + w·text arithmetic (text adds with weight 2)."""
+        import numpy as np
+
+        model = self._model
+        texts = ([text] if text is not None else []) + [m for m, _ in modifiers]
+        text_vectors = await self._texts(model, texts) if texts else []
+        if image is not None:
+            base = (await self._images(model, [image]))[0]
+            weights = ([2.0] if text is not None else []) + [w for _, w in modifiers]
+            kind = "image+text" if texts else "image"
+        else:
+            base, text_vectors = text_vectors[0], text_vectors[1:]
+            weights, kind = [w for _, w in modifiers], "text"
+        try:
+            query = compose_query(np.asarray(base), list(zip(text_vectors, weights, strict=True)))
+        except ValueError as exc:
+            from fastapi import HTTPException
+
+            raise HTTPException(422, str(exc)) from exc
+        hits = await asyncio.to_thread(model.search, query[None, :], [k])
+        return self._versioned(model) | {"results": hits[0], "query": kind}
+
+    async def classify(self, images: list[Any], labels: list[str], templates: list[str] | None) -> dict[str, Any]:
+        import numpy as np
+
+        model = self._model
+        templates = list(templates or DEFAULT_TEMPLATES)
+        prompts = [template.format(label) for label in labels for template in templates]
+        prompt_emb = np.asarray(await self._texts(model, prompts)).reshape(len(labels), len(templates), -1)
+        from components.serving.searcher import unit
+
+        class_emb = unit(unit(prompt_emb).mean(axis=1))  # prompt ensembling, as in evaluation
+        image_emb = np.asarray(await self._images(model, images))
+        probabilities = model.classify(image_emb, class_emb)
+        predictions = []
+        for row in probabilities:
+            order = np.argsort(-row, kind="stable")
+            predictions.append({"label": labels[order[0]],
+                                "scores": [{"label": labels[j], "probability": float(row[j])} for j in order]})
+        return self._versioned(model) | {"predictions": predictions}
+
+    def image_bytes(self, item_id: str) -> bytes | None:
+        images = self._model.images
+        return images.get(item_id) if images is not None else None
 
     def health(self) -> dict[str, str]:
-        searcher = self._searcher
-        return {"status": "ok", "model_name": searcher.model_name, "model_version": searcher.model_version}
+        model = self._model
+        return {"status": "ok", "model_name": model.model_name, "model_version": model.model_version}
 
-    async def search(self, text: str, k: int) -> dict[str, Any]:
-        return await self._search_batch(_Query(text, k))
+    async def ready(self) -> dict[str, str]:
+        model = self._model
+        vectors = await self._texts(model, ["a photo"])
+        await asyncio.to_thread(model.search, vectors[0][None, :], [1])
+        return self.health()
 
-    async def _answer_one(self, query: _Query) -> dict[str, Any]:
-        return (await self._answer_batch([query]))[0]
-
-    async def _answer_batch(self, queries: list[_Query]) -> list[dict[str, Any]]:
-        # One snapshot per batch: every answer, and the version it reports, comes from one model.
-        searcher = self._searcher
-        hits = await asyncio.to_thread(searcher.search, [q.text for q in queries], [q.k for q in queries])
-        return [
-            {"results": h, "model_name": searcher.model_name, "model_version": searcher.model_version} for h in hits
-        ]
+    def info(self) -> dict[str, Any]:
+        model = self._model
+        return self._versioned(model) | {"index_kind": model.index_kind, "items": len(model.index),
+                                         "dim": model.index.dim, "pinned": self._pinned is not None,
+                                         "last_swap_error": self.last_swap_error}
 
     def __serve_build_asgi_app__(self) -> Any:
         """Serve calls this on the replica after the constructor (late-bound ``@serve.ingress()``)."""
+        from components.serving.http import http_api
+
         return http_api(self)
-
-
-def http_api(service: SearchDeployment) -> Any:
-    """FastAPI routes over a replica; built per replica so the request model carries ``max_k``."""
-    from fastapi import FastAPI, Request
-    from fastapi.encoders import jsonable_encoder
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-
-    request_model = search_request_model(service.max_k)
-    api = FastAPI(title="ALIGN text-to-image search", version="1")
-
-    @api.exception_handler(RequestValidationError)
-    async def rejected(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's default 422 echoes the offending input, which can be un-encodable (a lone
-        # surrogate from a JSON escape turned that 422 into a 500) or as large as the request.
-        errors = [{key: value for key, value in error.items() if key != "input"} for error in exc.errors()]
-        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
-
-    @api.get("/healthz", response_model=HealthResponse)
-    async def healthz() -> dict[str, str]:
-        return service.health()
-
-    @api.post("/v1/search", response_model=SearchResponse)
-    async def search(body: request_model) -> dict[str, Any]:  # type: ignore[valid-type]
-        return await service.search(body.text, body.k)
-
-    return api
 
 
 def build_app(
@@ -158,42 +289,46 @@ def build_app(
     tracking_uri: str,
     *,
     model_version: str | None = None,
-    downloader: Loader = DEFAULT_DOWNLOADER,
-    encoder_loader: Loader = DEFAULT_ENCODER_LOADER,
-    num_cpus: float = REPLICA_NUM_CPUS,
+    loaders: dict[str, Loader] | None = None,
 ) -> Any:
-    """A Serve ``Application`` serving ``models:/<name>@champion`` (or ``model_version`` if pinned).
+    """A Serve ``Application`` following ``models:/<name>@champion`` (or pinned to ``model_version``).
 
-    ``downloader``/``encoder_loader`` are ``"module:function"`` paths (or picklable callables)
-    resolved inside the replica; tests point them at fakes.
+    ``loaders`` override the registry/encoder/index hooks with ``"module:function"`` paths resolved
+    inside the replica; tests point them at fakes.
     """
     from ray import serve
 
-    deployment = serve.deployment(
-        name=DEPLOYMENT_NAME,
-        num_replicas=serve_cfg.num_replicas,
-        ray_actor_options={"num_cpus": num_cpus},
-        max_ongoing_requests=MAX_ONGOING_REQUESTS,
-        user_config={"model_version": model_version},
-        max_surge_percent=100,
-        max_constructor_retry_count=MAX_CONSTRUCTOR_RETRIES,
-    )(serve.ingress()(SearchDeployment))
+    from components.serving.http import api_key_from_env
+
+    api_key_from_env(serve_cfg.api_key_env)  # a missing key fails the deploy here, not in every replica
+    options: dict[str, Any] = {
+        "name": DEPLOYMENT_NAME,
+        "ray_actor_options": {"num_cpus": serve_cfg.replica_cpus},
+        "max_ongoing_requests": 4 * max(1, serve_cfg.batch_size),  # room to fill a batch
+        "user_config": {"model_version": model_version},
+        "max_surge_percent": 100,
+        "max_constructor_retry_count": MAX_CONSTRUCTOR_RETRIES,
+        "health_check_period_s": serve_cfg.health_check_period_s,
+    }
+    if serve_cfg.autoscaling is not None:
+        options["autoscaling_config"] = serve_cfg.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = serve_cfg.num_replicas
+    deployment = serve.deployment(**options)(serve.ingress()(ServingDeployment))
     return deployment.bind(
+        serve_cfg=serve_cfg.model_dump(),
         tracking_uri=tracking_uri,
         model_name=registry_cfg.model_name,
-        max_k=serve_cfg.max_k,
         model_version=model_version,
-        downloader=downloader,
-        encoder_loader=encoder_loader,
+        loaders=dict(loaders or {}),
     )
 
 
 def app_builder(args: dict[str, Any]) -> Any:
     """Entry point for declarative Serve configs (``serve deploy``, KubeRay RayService).
 
-    ``args``: ``tracking_uri`` (required), optional ``serve`` and ``registry`` sections shaped like
-    the config tree, and ``model_version``. Change ``user_config.model_version`` in the config to
-    swap models in place through ``reconfigure``.
+    ``args``: ``tracking_uri`` (required), optional ``serve`` and ``registry`` sections shaped like the
+    config tree, and ``model_version`` (pin; default: follow the champion).
     """
     if not args.get("tracking_uri"):
         raise ValueError("app_builder needs args.tracking_uri (the MLflow tracking URI)")

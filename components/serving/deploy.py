@@ -16,7 +16,7 @@ import httpx
 
 from components.config import RegistryConfig, ServeConfig
 from components.serving.client import SearchError, health
-from components.serving.searcher import DEFAULT_DOWNLOADER, DEFAULT_ENCODER_LOADER, Loader
+from components.serving.searcher import Loader
 
 _POLL_S = 0.5
 
@@ -99,13 +99,13 @@ def deploy(
     tracking_uri: str,
     *,
     model_version: str | None = None,
-    downloader: Loader = DEFAULT_DOWNLOADER,
-    encoder_loader: Loader = DEFAULT_ENCODER_LOADER,
+    expect_version: str | None = None,
+    loaders: dict[str, Loader] | None = None,
 ) -> str:
     """Deploy (or redeploy) the app and return its URL once it serves the expected version.
 
-    ``model_version`` pins a version (a promotion step knows which one it promoted); without it the
-    replicas load whatever ``champion`` points at and any version counts as ready.
+    Without ``model_version`` the replicas follow ``champion`` (and any version counts as ready unless
+    ``expect_version`` is given); with it they are pinned to that version.
     """
     from ray import serve
 
@@ -116,14 +116,7 @@ def deploy(
     # A no-op (with a warning from Serve) if Serve already runs on this cluster: its HTTP options
     # are fixed at first start.
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
-    app = build_app(
-        serve_cfg,
-        registry_cfg,
-        tracking_uri,
-        model_version=model_version,
-        downloader=downloader,
-        encoder_loader=encoder_loader,
-    )
+    app = build_app(serve_cfg, registry_cfg, tracking_uri, model_version=model_version, loaders=loaders)
     # serve.run() would block, without a timeout, until the app is RUNNING; run_many lets the
     # wait below be bounded and report a failed deploy with Serve's own message.
     serve.run_many(
@@ -133,7 +126,8 @@ def deploy(
     url = endpoint_url(serve_cfg)
     try:
         wait_until_ready(
-            url, timeout_s=serve_cfg.ready_timeout_s, expected_version=model_version, app_name=serve_cfg.app_name
+            url, timeout_s=serve_cfg.ready_timeout_s, expected_version=model_version or expect_version,
+            app_name=serve_cfg.app_name,
         )
     except TimeoutError as exc:
         raise TimeoutError(
@@ -141,6 +135,32 @@ def deploy(
             "first start; shut it down (serve.shutdown) to change them."
         ) from None
     return url
+
+
+def ensure_serving(
+    serve_cfg: ServeConfig,
+    registry_cfg: RegistryConfig,
+    tracking_uri: str,
+    expect_version: str,
+    *,
+    loaders: dict[str, Loader] | None = None,
+) -> str:
+    """Make serving answer with ``expect_version`` (the champion), restarting nothing that runs.
+
+    A running app that follows the champion picks the new version up by itself (within
+    ``serve.follow_champion_s``), in place; only a missing, failed or pinned app is (re)deployed.
+    """
+    _require_ray()
+    status, _ = _app_status(serve_cfg.app_name)
+    url = endpoint_url(serve_cfg)
+    if status == "RUNNING" and serve_cfg.follow_champion_s > 0:
+        try:
+            if not httpx.get(f"{url}/v1/model", timeout=5, trust_env=False).json().get("pinned", True):
+                wait_until_ready(url, timeout_s=serve_cfg.ready_timeout_s, expected_version=expect_version)
+                return url
+        except (httpx.HTTPError, ValueError):
+            pass  # not answering like a following app: redeploy below
+    return deploy(serve_cfg, registry_cfg, tracking_uri, expect_version=expect_version, loaders=loaders)
 
 
 def shutdown_app(serve_cfg: ServeConfig) -> bool:

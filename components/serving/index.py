@@ -86,6 +86,15 @@ class VectorIndex:
         self._index = _build_faiss_index(embeddings, spec)
 
     @classmethod
+    def from_faiss(cls, faiss_index: Any, items: list[Item]) -> VectorIndex:
+        """Wrap an index built elsewhere (the corpus index job) with its items, in faiss row order."""
+        if faiss_index.ntotal != len(items):
+            raise ValueError(f"{len(items)} items for a faiss index of {faiss_index.ntotal} vectors")
+        self = cls.__new__(cls)
+        self._items, self._dim, self._index = list(items), int(faiss_index.d), faiss_index
+        return self
+
+    @classmethod
     def from_artifact(cls, artifact_dir: str | Path, spec: str = "Flat") -> VectorIndex:
         """Load ``index/embeddings.npy`` and ``index/items.json`` from a model artifact folder."""
         root = Path(artifact_dir)

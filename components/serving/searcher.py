@@ -1,8 +1,8 @@
-"""One registered model version, loaded and ready to answer text queries.
+"""One registered model version with its search index, loaded and ready to answer.
 
-A ``Searcher`` is immutable and pairs a text encoder with the corpus index built by the same model,
-so a replica can swap models by swapping one reference: a request that already holds a ``Searcher``
-finishes on it, and no request can ever mix the new encoder with the old index.
+A ``ServingModel`` is immutable and pairs the encoder with the index built by the same version, so a
+replica swaps models by swapping one reference: a request that already holds one finishes on it, and
+no request can mix the new encoder with the old index.
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ import numpy as np
 
 from components.serving.index import VectorIndex
 
-# Loaders are named by import path so a deployment can carry them as plain, JSON-friendly strings
-# and so the registry/model packages are imported only inside replicas.
+# Loaders are named by import path so a deployment carries them as plain strings and the registry /
+# model packages are imported only inside replicas. Tests point them at fakes.
 DEFAULT_DOWNLOADER = "components.registry.store:download_model"
 DEFAULT_ENCODER_LOADER = "components.model.artifact:load_encoder"
+DEFAULT_INDEX_LOCATOR = "components.registry.store:index_location"
+DEFAULT_CHAMPION_RESOLVER = "components.registry.store:champion_version"
+DEFAULT_LOGIT_SCALE = 100.0  # CLIP's fixed scale, for encoders that do not expose a learned one
 
 Loader = str | Callable[..., Any]
 
@@ -42,67 +45,100 @@ def model_uri(model_name: str, model_version: str | None) -> str:
     return f"models:/{model_name}/{model_version}" if model_version else f"models:/{model_name}@champion"
 
 
+def unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
+def compose_query(base: np.ndarray, modifiers: Sequence[tuple[np.ndarray, float]]) -> np.ndarray:
+    """ALIGN's multimodal query: normalise each part, ``base + Σ wᵢ·textᵢ``, renormalise."""
+    query = unit(base).copy()
+    for vector, weight in modifiers:
+        query += float(weight) * unit(vector)
+    if not np.isfinite(query).all() or np.linalg.norm(query) < 1e-6:
+        raise ValueError("the modifiers cancel the query out; use smaller weights")
+    return unit(query)
+
+
 @dataclass(frozen=True)
-class Searcher:
+class ServingModel:
     model_name: str
     model_version: str
     encoder: Any
     index: VectorIndex
+    index_version: str
+    index_kind: str = "Flat"
+    images: Any = None  # CorpusImages, or None when the index stores no image bytes
 
-    def search(self, texts: Sequence[str], ks: Sequence[int]) -> list[list[dict[str, Any]]]:
-        """Top-``ks[i]`` corpus items for each text, encoding all texts in one batch."""
-        if len(texts) != len(ks):
-            raise ValueError(f"{len(texts)} texts but {len(ks)} values of k")
-        if not texts:
+    @property
+    def logit_scale(self) -> float:
+        return float(getattr(self.encoder, "logit_scale", DEFAULT_LOGIT_SCALE))
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self._checked(self.encoder.encode_texts(list(texts)), len(texts), "encode_texts")
+
+    def embed_images(self, images: Sequence[Any]) -> np.ndarray:
+        return self._checked(self.encoder.encode_images(list(images)), len(images), "encode_images")
+
+    def _checked(self, out: Any, rows: int, what: str) -> np.ndarray:
+        out = np.asarray(out, dtype=np.float32)
+        if out.shape != (rows, self.index.dim):
+            raise RuntimeError(f"{what} returned shape {out.shape} for {rows} inputs; the index expects dim {self.index.dim}")
+        return out
+
+    def search(self, queries: np.ndarray, ks: Sequence[int]) -> list[list[dict[str, Any]]]:
+        """Top-``ks[i]`` corpus items for each (unit) query vector."""
+        if len(queries) != len(ks):
+            raise ValueError(f"{len(queries)} queries but {len(ks)} values of k")
+        if not len(ks):
             return []
-        queries = np.asarray(self.encoder.encode_texts(list(texts)))
-        if queries.shape != (len(texts), self.index.dim):
-            raise RuntimeError(
-                f"encoder returned shape {queries.shape} for {len(texts)} texts; the index expects "
-                f"dimension {self.index.dim}"
-            )
-        scores, rows = self.index.search(queries.astype(np.float32, copy=False), max(ks))
+        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), max(ks))
         out = []
         for q, k in enumerate(ks):
             hits = []
-            for score, row in zip(scores[q, :k], rows[q, :k]):
+            for score, row in zip(scores[q, :k], rows[q, :k], strict=True):
                 if row < 0:  # an approximate index ran out of candidates
                     break
                 item = self.index.item(int(row))
-                hits.append(
-                    {
-                        "id": item.id,
-                        "score": float(score),
-                        "caption": item.caption,
-                        "uri": item.uri,
-                        "rank": len(hits) + 1,
-                    }
-                )
+                hits.append({"id": item.id, "score": float(score), "caption": item.caption,
+                             "image_url": f"v1/images/{item.id}", "rank": len(hits) + 1})
             out.append(hits)
         return out
 
+    def classify(self, image_emb: np.ndarray, class_emb: np.ndarray) -> np.ndarray:
+        """Softmax over the labels of the model's scaled cosine similarities, one row per image."""
+        logits = self.logit_scale * (unit(image_emb) @ unit(class_emb).T)
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits)
+        return probabilities / probabilities.sum(axis=1, keepdims=True)
 
-def load_searcher(
+
+def load_serving_model(
     tracking_uri: str,
     model_name: str,
     model_version: str | None = None,
     downloader: Loader = DEFAULT_DOWNLOADER,
     encoder_loader: Loader = DEFAULT_ENCODER_LOADER,
-) -> Searcher:
-    """Download a registered version (default: the champion), load its encoder and index.
+    index_locator: Loader = DEFAULT_INDEX_LOCATOR,
+) -> ServingModel:
+    """Download a registered version (default: the champion), load its encoder and its index.
 
-    The encoder is run once on a probe text so that a model/index dimension mismatch or a broken
-    artifact fails here, while the replica starts, instead of on the first user request.
+    The index is the corpus index built by this version when the registry names one, else the
+    evaluation index inside the artifact. A probe query runs before the model is handed out, so a
+    broken artifact or a dimension mismatch fails while loading, never on a user request.
     """
+    from components.serving.corpus_index import load_corpus_index
+
     version, local_dir = resolve_callable(downloader)(tracking_uri, model_uri(model_name, model_version))
     version = str(version)
     if model_version and version != str(model_version):
         raise RuntimeError(f"asked for {model_name} version {model_version}, the registry returned {version}")
-    searcher = Searcher(
-        model_name=model_name,
-        model_version=version,
-        encoder=resolve_callable(encoder_loader)(str(local_dir)),
-        index=VectorIndex.from_artifact(local_dir),
-    )
-    searcher.search(["a photo"], [1])
-    return searcher
+    encoder = resolve_callable(encoder_loader)(str(local_dir))
+    location = resolve_callable(index_locator)(tracking_uri, model_name, version)
+    if location:
+        index, images, manifest = load_corpus_index(location, version)
+        model = ServingModel(model_name, version, encoder, index, manifest.index_version, manifest.spec, images)
+    else:
+        model = ServingModel(model_name, version, encoder, VectorIndex.from_artifact(local_dir), f"v{version}-artifact")
+    model.search(model.embed_texts(["a photo"]), [1])
+    return model

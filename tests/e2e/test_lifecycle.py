@@ -121,3 +121,29 @@ def test_serving_answers_after_the_flow_returned(lifecycle_runs):
     assert len(body["results"]) == 5 and body["model_version"] == str(champion.version)
     assert {"id", "score", "caption"} <= set(body["results"][0])
     assert httpx.post(f"{url}/v1/search", json={"text": "  ", "k": 5}, timeout=30).status_code == 422
+
+
+def test_the_search_page_of_the_real_app_shows_the_champions_images(lifecycle_runs):
+    """Headless Chromium on the page served by the Ray Serve app: query, grid, images from the index."""
+    from tests.browser import headless_page
+
+    cfg, _, _ = lifecycle_runs
+    url = f"http://127.0.0.1:{cfg.serve.port}/"
+    expected = httpx.post(f"{url}v1/search", json={"text": "a red circle", "k": 6}, timeout=30).json()
+    with headless_page(url) as page:
+        page.goto(url)
+        page.wait_for_function("document.querySelector('#model-version').textContent.includes('index')")
+        assert f"v{expected['model_version']}" in page.inner_text("#model-version")
+        page.fill("#k", "6")
+        page.fill("#query", "a red circle")
+        page.press("#query", "Enter")
+        page.wait_for_selector("#results .result")
+        cards = page.locator("#results .result")
+        assert [cards.nth(i).get_attribute("data-id") for i in range(cards.count())] == [
+            hit["id"] for hit in expected["results"]
+        ]
+        # The images come from the champion's corpus index (GET v1/images/{id}) and really decode.
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#results img.result-image')]"
+            ".every(img => img.complete && img.naturalWidth > 0)"
+        )

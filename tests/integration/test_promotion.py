@@ -21,6 +21,7 @@ from components.config import (
     CorpusConfig,
     EvalConfig,
     GateConfig,
+    IndexConfig,
     ModelConfig,
     RegistryConfig,
     ServeConfig,
@@ -150,6 +151,7 @@ def registry(ray_session, ray_home, tmp_path_factory):
             min_metrics={"colours/acc1": 0.5},
             max_regression={"colours/acc1": 0.0, "tiles/mean_recall": 0.02},
         ),
+        index=IndexConfig(source="eval"),  # serve the artifacts' own eval index: no corpus to ingest here
         registry=RegistryConfig(model_name="align-gated", experiment="promotion"),
         serve=ServeConfig(port=free_port(), app_name="align-gated", ready_timeout_s=120),
     )

@@ -10,7 +10,7 @@ from align_cli.main import _parser, main
 
 def test_every_lifecycle_stage_has_a_verb():
     verbs = set(_parser()._subparsers._group_actions[0].choices)
-    assert {"run", "ingest", "train", "evaluate", "promote", "rollback", "serve", "search", "down", "config"} <= verbs
+    assert {"run", "ingest", "train", "evaluate", "promote", "rollback", "index", "serve", "search", "down", "config"} <= verbs
 
 
 def test_train_resumes_a_given_run_and_evaluate_promote_take_one():

@@ -1,31 +1,54 @@
-"""The search replica without Ray: HTTP contract, in-place model swap, loading errors, deploy helpers."""
+"""The serving API without Ray: every endpoint, every bad-input case, swaps that never tear an answer."""
 
 import asyncio
+import base64
+import io
 import socket
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from components.config import ServeConfig
-from components.serving.app import SearchDeployment, http_api
+from components.serving.app import ServingDeployment
 from components.serving.deploy import _require_loopback, endpoint_url, wait_until_ready
-from components.serving.searcher import load_searcher, resolve_callable
-from tests.serving_fakes import CAPTIONS, FakeEncoder, make_registry
+from components.serving.http import http_api
+from components.serving.searcher import compose_query, load_serving_model, resolve_callable, unit
+from tests.serving_fakes import CAPTIONS, FakeEncoder, fake_embed, make_registry, set_alias
 
-LOADERS = {"downloader": "tests.serving_fakes:download_model", "encoder_loader": "tests.serving_fakes:load_encoder"}
+LOADERS = {
+    "downloader": "tests.serving_fakes:download_model",
+    "encoder_loader": "tests.serving_fakes:load_encoder",
+    "index_locator": "tests.serving_fakes:index_location",
+    "champion_resolver": "tests.serving_fakes:champion_version",
+}
 MAX_K = 50
+# batch_size=1: @serve.batch needs a Serve replica context; the integration test covers batching.
+CFG = {"max_k": MAX_K, "batch_size": 1, "follow_champion_s": 0, "max_body_bytes": 200_000,
+       "max_image_bytes": 100_000, "max_image_pixels": 1_000_000}
+
+
+def _png(red: int = 0, size: tuple[int, int] = (8, 8)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (red, 10, 10)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 @pytest.fixture
 def registry(tmp_path):
-    return make_registry(tmp_path, {"1": {}, "2": {"load_delay_s": 0.3}})
+    root = make_registry(tmp_path, {"1": {}, "2": {"load_delay_s": 0.3}, "3": {}})
+    (root / "versions" / "3" / "index" / "embeddings.npy").unlink()  # version 3 is broken: no index
+    return root
 
 
 @pytest.fixture
 def replica(registry):
-    # max_batch_size=1: @serve.batch needs a Serve replica context; the integration test covers it.
-    return SearchDeployment(tracking_uri=str(registry), model_name="align", max_k=MAX_K, max_batch_size=1, **LOADERS)
+    return ServingDeployment(CFG, tracking_uri=str(registry), model_name="align", loaders=LOADERS)
 
 
 @pytest.fixture
@@ -34,23 +57,81 @@ def http(replica):
         yield client
 
 
-def test_healthz(http):
+def test_health_readiness_model_info_and_metrics(http):
     assert http.get("/healthz").json() == {"status": "ok", "model_name": "align", "model_version": "1"}
+    assert http.get("/readyz").status_code == 200
+    info = http.get("/v1/model").json()
+    assert info | {"index_version": "x"} == {
+        "model_name": "align", "model_version": "1", "index_version": "x", "index_kind": "Flat",
+        "items": len(CAPTIONS), "dim": 16, "pinned": False, "last_swap_error": "",
+    }
+    http.post("/v1/search", json={"text": "a cat", "k": 0})
+    metrics = http.get("/metrics").text
+    assert 'align_serve_requests_total{endpoint="/v1/search",status="422"} 1.0' in metrics
+    assert "align_serve_model_version 1.0" in metrics
+    assert "/openapi.json" and "/v1/classify" in http.get("/openapi.json").json()["paths"]
 
 
-def test_search_returns_the_matching_item_first(http):
+def test_text_search_returns_the_matching_item_first(http):
     body = http.post("/v1/search", json={"text": f"  {CAPTIONS[7]} ", "k": 4}).json()
-    assert body["model_version"] == "1" and body["model_name"] == "align"
+    assert body["model_version"] == "1" and body["query"] == "text" and body["index_version"] == "v1-artifact"
     hits = body["results"]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4]
     assert hits[0]["id"] == "item-7" and hits[0]["caption"] == CAPTIONS[7] and hits[0]["score"] > 0.99
-    assert hits[0]["uri"] == "mem://corpus/7.png"
+    assert hits[0]["image_url"] == "v1/images/item-7"
     assert all(a["score"] >= b["score"] for a, b in zip(hits, hits[1:]))
-
-
-def test_k_defaults_to_5_and_is_capped_at_corpus_size(http):
-    assert len(http.post("/v1/search", json={"text": "a red moon"}).json()["results"]) == 5
+    assert len(http.post("/v1/search", json={"text": "a red moon"}).json()["results"]) == 5  # default k
     assert len(http.post("/v1/search", json={"text": "a red moon", "k": MAX_K}).json()["results"]) == len(CAPTIONS)
+
+
+def test_image_search_and_image_plus_text_arithmetic(http):
+    image = http.post("/v1/search", json={"image": _b64(_png(red=11)), "k": 3}).json()
+    assert image["query"] == "image" and image["results"][0]["id"] == "item-11"
+    # ALIGN's arithmetic: unit(image) + 2·unit("...") - 2·unit("..."), renormalised.
+    modifiers = [{"text": CAPTIONS[4]}, {"text": CAPTIONS[11], "weight": -2.0}]
+    body = http.post("/v1/search", json={"image": _b64(_png(red=11)), "modifiers": modifiers, "k": 3}).json()
+    assert body["query"] == "image+text"
+    salt = "v1"
+    expected = compose_query(fake_embed([CAPTIONS[11]], salt)[0],
+                             [(fake_embed([CAPTIONS[4]], salt)[0], 2.0), (fake_embed([CAPTIONS[11]], salt)[0], -2.0)])
+    scores = unit(fake_embed(CAPTIONS, salt)) @ expected
+    assert [h["id"] for h in body["results"]] == [f"item-{i}" for i in np.argsort(-scores)[:3]]
+    assert body["results"][0]["id"] == "item-4"  # subtracting the image's own caption leaves the added one
+
+
+def test_modifiers_that_cancel_the_query_are_refused(http):
+    body = {"text": CAPTIONS[1], "modifiers": [{"text": CAPTIONS[1], "weight": -1.0}]}
+    response = http.post("/v1/search", json=body)
+    assert response.status_code == 422 and "cancel" in response.json()["detail"]
+
+
+def test_embed_texts_and_images_as_json_and_multipart(http):
+    body = http.post("/v1/embed", json={"texts": [CAPTIONS[0], "x"], "images": [_b64(_png(red=2))]}).json()
+    assert body["dim"] == 16 and len(body["text_embeddings"]) == 2 and len(body["image_embeddings"]) == 1
+    assert np.allclose(body["text_embeddings"][0], fake_embed([CAPTIONS[0]], "v1")[0], atol=1e-6)
+    upload = http.post("/v1/embed/upload", data={"texts": ["a", "b"]}, files=[("images", ("q.png", _png(red=2), "image/png"))])
+    assert upload.status_code == 200, upload.text
+    assert np.allclose(upload.json()["image_embeddings"][0], body["image_embeddings"][0])
+    assert http.post("/v1/embed", json={}).status_code == 422
+
+
+def test_classify_gives_probabilities_over_the_labels(http):
+    response = http.post("/v1/classify", json={"images": [_b64(_png(red=3))], "labels": [CAPTIONS[3], CAPTIONS[9]],
+                                               "templates": ["{}"]})
+    assert response.status_code == 200, response.text
+    (prediction,) = response.json()["predictions"]
+    assert prediction["label"] == CAPTIONS[3]
+    assert sum(s["probability"] for s in prediction["scores"]) == pytest.approx(1.0)
+    assert prediction["scores"][0]["probability"] > 0.99
+    bad = http.post("/v1/classify", json={"images": [_b64(_png())], "labels": ["a", "a"]})
+    assert bad.status_code == 422 and "distinct" in bad.text
+    no_slot = http.post("/v1/classify", json={"images": [_b64(_png())], "labels": ["a", "b"], "templates": ["x"]})
+    assert no_slot.status_code == 422 and "slot" in no_slot.text
+
+
+def test_images_of_an_index_without_stored_images_are_404(http):
+    response = http.get("/v1/images/item-1")
+    assert response.status_code == 404 and "item-1" in response.json()["detail"]
 
 
 @pytest.mark.parametrize(
@@ -60,18 +141,24 @@ def test_k_defaults_to_5_and_is_capped_at_corpus_size(http):
         ({"text": " \t\n", "k": 5}, "text"),
         ({"text": "x" * 1001}, "text"),
         ({"text": 5}, "text"),
-        ({"k": 5}, "text"),
         ({"text": "a cat", "k": 0}, "k"),
         ({"text": "a cat", "k": MAX_K + 1}, "k"),
         ({"text": "a cat", "k": "5"}, "k"),
         ({"text": "a cat", "k": 2.5}, "k"),
         ({"text": "a cat", "top_k": 3}, "top_k"),
+        ({"text": "a cat", "modifiers": [{"text": "x", "wieght": 1}]}, "wieght"),
+        ({"text": "a cat", "modifiers": [{"text": "x", "weight": 99}]}, "weight"),
     ],
 )
-def test_bad_input_is_422_naming_the_field(http, payload, field):
+def test_bad_search_input_is_422_naming_the_field(http, payload, field):
     response = http.post("/v1/search", json=payload)
     assert response.status_code == 422
     assert field in [d["loc"][-1] for d in response.json()["detail"]]
+
+
+def test_a_search_needs_a_text_or_an_image(http):
+    response = http.post("/v1/search", json={"k": 5})
+    assert response.status_code == 422 and "text and/or an image" in response.json()["detail"]
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"text=a", b'{"text": "a \\ud800 cat"}'])
@@ -79,7 +166,49 @@ def test_malformed_body_is_422(http, content):
     assert http.post("/v1/search", content=content, headers={"content-type": "application/json"}).status_code == 422
 
 
-def test_reconfigure_swaps_in_place_without_torn_answers(replica):
+def test_bad_images_are_refused_with_a_reason(http):
+    cases = {
+        "not base64": ("!!!not-base64", 422, "not valid base64"),
+        "not an image": (_b64(b"hello, I am text"), 422, "not a decodable image"),
+        "truncated png": (_b64(_png()[:40]), 422, "not a decodable image"),
+        "too many pixels": (_b64(_png(size=(2000, 1000))), 413, "2000x1000"),
+        "too many bytes": (_b64(np.random.default_rng(0).bytes(120_000)), 413, "limit"),
+    }
+    for name, (value, status, reason) in cases.items():
+        response = http.post("/v1/search", json={"image": value})
+        assert response.status_code == status, (name, response.text)
+        assert reason in response.json()["detail"] and "image[0]" in response.json()["detail"], name
+    data_url = "data:image/png;base64," + _b64(_png(red=5))
+    assert http.post("/v1/search", json={"image": data_url}).json()["results"][0]["id"] == "item-5"
+
+
+def test_oversized_bodies_are_413_with_or_without_content_length(http):
+    big = b'{"text": "' + b"x" * 250_000 + b'"}'
+    response = http.post("/v1/search", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "200000-byte limit" in response.json()["detail"]
+
+    def chunks():
+        for _ in range(30):
+            yield b"x" * 10_000
+
+    chunked = http.post("/v1/embed/upload", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
+    assert chunked.status_code == 413
+
+
+def test_api_key_guards_v1_but_not_probes(registry, monkeypatch):
+    monkeypatch.setenv("ALIGN_TEST_KEY", "s3cret")
+    replica = ServingDeployment(CFG | {"api_key_env": "ALIGN_TEST_KEY"}, str(registry), "align", loaders=LOADERS)
+    with TestClient(http_api(replica)) as client:
+        assert client.post("/v1/search", json={"text": "a"}).status_code == 401
+        assert client.post("/v1/search", json={"text": "a"}, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.post("/v1/search", json={"text": "a"}, headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert client.get("/healthz").status_code == 200 and client.get("/metrics").status_code == 200
+    monkeypatch.delenv("ALIGN_TEST_KEY")
+    with pytest.raises(RuntimeError, match="ALIGN_TEST_KEY"):
+        http_api(replica)
+
+
+def test_pinned_swaps_happen_in_place_without_torn_answers(replica):
     """Requests keep flowing while version 2 loads; each answer comes from one consistent model."""
 
     async def scenario():
@@ -87,7 +216,7 @@ def test_reconfigure_swaps_in_place_without_torn_answers(replica):
 
         async def client(i):
             while not stop.is_set():
-                answers.append((i, await replica.search(CAPTIONS[i], 3)))
+                answers.append((i, await replica.search(CAPTIONS[i], None, [], 3)))
                 await asyncio.sleep(0.005)
 
         tasks = [asyncio.create_task(client(i)) for i in (1, 5, 9)]
@@ -99,19 +228,22 @@ def test_reconfigure_swaps_in_place_without_torn_answers(replica):
         return answers
 
     answers = asyncio.run(scenario())
-    assert replica.model_version == "2"
+    assert replica.model.model_version == "2" and replica.info()["pinned"]
     assert {a["model_version"] for _, a in answers} == {"1", "2"}
     for i, answer in answers:
         top = answer["results"][0]
         assert top["id"] == f"item-{i}" and top["score"] > 0.99, answer
 
 
-def test_reconfigure_is_a_no_op_for_the_loaded_or_unpinned_version(replica):
-    searcher = replica._searcher
-    asyncio.run(replica.reconfigure({"model_version": "1"}))
-    asyncio.run(replica.reconfigure({"model_version": None}))
-    asyncio.run(replica.reconfigure(None))
-    assert replica._searcher is searcher
+def test_following_the_champion_swaps_and_a_broken_version_keeps_the_old_one(replica, registry):
+    set_alias(registry, "champion", "2")
+    assert asyncio.run(replica.check_champion()) and replica.model.model_version == "2"
+    set_alias(registry, "champion", "3")  # its artifact has no index: it must not replace version 2
+    assert not asyncio.run(replica.check_champion())
+    assert replica.model.model_version == "2"
+    assert "version 3 did not load" in replica.info()["last_swap_error"]
+    set_alias(registry, "champion", "1")
+    assert asyncio.run(replica.check_champion()) and replica.info()["last_swap_error"] == ""
 
 
 def test_reconfigure_rejects_unknown_keys(replica):
@@ -120,16 +252,16 @@ def test_reconfigure_rejects_unknown_keys(replica):
 
 
 def test_pinned_version_and_missing_version(registry):
-    assert load_searcher(str(registry), "align", "2", **LOADERS).model_version == "2"
+    assert load_serving_model(str(registry), "align", "2", **{k: v for k, v in LOADERS.items() if k != "champion_resolver"}).model_version == "2"
     with pytest.raises(LookupError, match="no version 9"):
-        load_searcher(str(registry), "align", "9", **LOADERS)
+        load_serving_model(str(registry), "align", "9", downloader=LOADERS["downloader"], encoder_loader=LOADERS["encoder_loader"],
+                           index_locator=LOADERS["index_locator"])
 
 
 def test_encoder_index_dimension_mismatch_fails_at_load(registry):
-    with pytest.raises(RuntimeError, match="index expects dimension 16"):
-        load_searcher(
-            str(registry), "align", downloader=LOADERS["downloader"], encoder_loader=lambda d: FakeEncoder("v1", 8)
-        )
+    with pytest.raises(RuntimeError, match="index expects dim 16"):
+        load_serving_model(str(registry), "align", downloader=LOADERS["downloader"],
+                           encoder_loader=lambda d: FakeEncoder("v1", 8), index_locator=LOADERS["index_locator"])
 
 
 def test_resolve_callable():
