@@ -317,6 +317,7 @@ class IndexConfig(_Section):
     exact_max: int = 200_000  # exact (flat) search up to this many items; an ANN index above
     ann_spec: str = "HNSW32"  # faiss factory string of the ANN index
     ann_ef_search: int = 128  # HNSW search breadth: recall against latency
+    ann_nprobe: int = 32  # IVF lists scanned per query: recall against latency
     recall_queries: int = 500  # items used as queries to measure the ANN index's recall@10 vs exact
     batch_size: int = 256  # images per embedding call
     embed_concurrency: int = 2  # most embedding actors at once (Ray Data actor pool)

@@ -135,7 +135,7 @@ def build_corpus_index(
         fn_constructor_kwargs={"tracking_uri": tracking_uri, "model_name": model_name,
                                "model_version": str(model_version), "batch_size": cfg.batch_size},
         batch_size=cfg.batch_size,
-        concurrency=(1, max(1, cfg.embed_concurrency)),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cfg.embed_concurrency)),
         num_cpus=1,
     )
     embedded.write_parquet(join_uri(uri, ITEMS_DIR), row_group_size=cfg.rows_per_group)
@@ -148,7 +148,11 @@ def build_corpus_index(
     if embeddings.shape[0] == 0:
         raise ValueError(f"no image of {source_uri} could be embedded; see {join_uri(uri, ITEMS_DIR)} (column error)")
     spec = choose_index_spec(embeddings.shape[0], dim, cfg.exact_max, cfg.ann_spec)
-    index = build_faiss_index(embeddings, spec, ef_search=cfg.ann_ef_search)
+    index = build_faiss_index(
+        embeddings, spec,
+        ef_search=cfg.ann_ef_search if "HNSW" in spec else None,
+        nprobe=cfg.ann_nprobe if "IVF" in spec else None,
+    )
     recall = None
     if spec != "Flat":
         rng = np.random.default_rng(0)

@@ -1,0 +1,266 @@
+"""Approximate nearest-neighbour (ANN) search for large serving corpora, and the data to judge it on.
+
+Why an ANN index at all: exact (flat) inner-product search costs O(n·d) per query. On 2 cores at
+256-d that is ~6 ms per query at 100k vectors but ~80 ms at 1M (DESIGN.md §8), too slow for
+interactive search. Small corpora stay exact (``choose_index_spec``); above a configurable size the
+serving index switches to an ANN index, whose recall against exact search is *measured*
+(``recall_at_k``) rather than assumed, because an ANN index's recall depends on the data.
+
+Why synthetic data needs care: uniformly random unit vectors are the worst case for any ANN index
+(every point is almost equidistant from every other, so no structure guides the search) and say
+nothing about real use. ``realistic_embeddings`` draws vectors shaped like model embeddings
+instead, and ``perturbed_copies`` grows a small set of real model embeddings into a large corpus.
+
+faiss is imported inside functions so importing this module stays cheap and free of side effects.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# The ANN default, chosen by bench/ann_index.py at 1M x 256 on 2 cores (see DEFAULT_ANN_SPEC's note).
+DEFAULT_ANN_SPEC = "IVF4096,Flat"
+DEFAULT_NPROBE = 32  # IVF lists scanned per query
+DEFAULT_EF_SEARCH = 64  # HNSW candidate-list size per query
+# Exact search is ~6 ms per query at this size on 2 cores: the largest corpus that is still interactive.
+DEFAULT_EXACT_MAX = 100_000
+
+# faiss's k-means warns below 39 points per centroid and subsamples above 256; 64 keeps the centroids
+# good while bounding training: k-means cost grows with (rows x lists), so 256 per list would make
+# IVF4096 training at 1M take minutes on 2 cores for no measurable recall gain.
+_TRAIN_ROWS_PER_LIST = 64
+_MIN_TRAIN_ROWS_PER_LIST = 39
+# Enough rows for quantisers that are not IVF lists (PQ's 256 centroids per sub-space x 256 points).
+_MIN_TRAIN_ROWS = 65_536
+# Unit-length check: float32 round-off on a normalised vector stays far below this.
+_NORM_TOLERANCE = 1e-3
+# Queries per exact-search block: with faiss's own tiling of the database this bounds memory to a few
+# tens of MiB however large the corpus.
+_QUERY_BLOCK = 1024
+
+
+def _faiss() -> Any:
+    import faiss
+
+    return faiss
+
+
+def _check_matrix(name: str, array: Any, dim: int | None = None) -> np.ndarray:
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(array).__name__}")
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n, d), got shape {array.shape}")
+    if array.dtype != np.float32:
+        raise TypeError(f"{name} must be float32, got {array.dtype}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {array.shape}")
+    if dim is not None and array.shape[1] != dim:
+        raise ValueError(f"{name} has dimension {array.shape[1]}, expected {dim}")
+    return np.ascontiguousarray(array)
+
+
+def _check_unit_rows(name: str, array: np.ndarray) -> None:
+    norms = np.linalg.norm(array, axis=1)
+    bad = np.flatnonzero(~(np.abs(norms - 1.0) <= _NORM_TOLERANCE))  # NaN counts as bad
+    if bad.size:
+        raise ValueError(
+            f"{name} rows must be finite and L2-normalised (inner product = cosine); {bad.size} are not "
+            f"(row {bad[0]} has norm {norms[bad[0]]:.4f})"
+        )
+
+
+def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _ivf_lists(spec: str, dim: int) -> int | None:
+    """Number of inverted lists of a factory string (None when it has none); validates the string."""
+    faiss = _faiss()
+    try:
+        index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as error:
+        raise ValueError(f"{spec!r} is not a faiss index factory string usable at dimension {dim}: {error}") from None
+    ivf = faiss.try_extract_index_ivf(index)
+    return None if ivf is None else int(ivf.nlist)
+
+
+def choose_index_spec(num_vectors: int, dim: int, exact_max: int, ann_spec: str) -> str:
+    """``"Flat"`` (exact) for corpora of at most ``exact_max`` vectors, else ``ann_spec``.
+
+    Exact search is always right, so the ANN index is used only where exact search is too slow.
+    One exception keeps that promise: an IVF spec needs ~39 training vectors per list (faiss's own
+    floor) to place its centroids; a corpus above ``exact_max`` but below that floor gets ``"Flat"``,
+    because a starved IVF index loses recall while exact search at that size is still cheap.
+    ``ann_spec`` is validated here (a faiss factory string, inner-product metric) so a typo in the
+    config fails when the index is chosen, not after minutes of building.
+    """
+    num_vectors = _check_positive_int("num_vectors", num_vectors, minimum=0)
+    dim = _check_positive_int("dim", dim)
+    exact_max = _check_positive_int("exact_max", exact_max, minimum=0)
+    if not isinstance(ann_spec, str) or not ann_spec.strip():
+        raise ValueError(f"ann_spec must be a non-empty faiss factory string, got {ann_spec!r}")
+    lists = _ivf_lists(ann_spec, dim)
+    if num_vectors <= exact_max:
+        return "Flat"
+    if lists is not None and num_vectors < _MIN_TRAIN_ROWS_PER_LIST * lists:
+        return "Flat"
+    return ann_spec
+
+
+def _training_sample(embeddings: np.ndarray, lists: int | None, seed: int) -> np.ndarray:
+    """A bounded random sample to train on: k-means time grows with rows x lists, not with quality."""
+    n = embeddings.shape[0]
+    limit = max(_MIN_TRAIN_ROWS, _TRAIN_ROWS_PER_LIST * (lists or 0))
+    if n <= limit:
+        return embeddings
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+    return embeddings[rows]
+
+
+def _set_search_param(index: Any, name: str, value: int, spec: str) -> None:
+    faiss = _faiss()
+    try:
+        faiss.ParameterSpace().set_index_parameter(index, name, value)
+    except RuntimeError:
+        raise ValueError(f"index {spec!r} has no search parameter {name!r}") from None
+
+
+def _has_search_param(index: Any, name: str) -> bool:
+    faiss = _faiss()
+    if name == "nprobe":
+        return faiss.try_extract_index_ivf(index) is not None
+    return hasattr(faiss.downcast_index(index), "hnsw")
+
+
+def build_faiss_index(
+    embeddings: np.ndarray,
+    spec: str,
+    *,
+    ef_search: int | None = None,
+    nprobe: int | None = None,
+    seed: int = 0,
+) -> Any:
+    """A filled inner-product faiss index over unit-length ``embeddings``; ids are row numbers.
+
+    ``spec`` is ``"Flat"`` (exact) or a faiss factory string (``"IVF4096,Flat"``, ``"HNSW32"``, ...).
+    Indexes that need training (IVF centroids, PQ codebooks) are trained on at most
+    ``max(65536, 64 x lists)`` rows sampled with ``seed``: faiss subsamples anyway, and a bounded
+    sample keeps IVF training at 1M vectors to seconds instead of minutes.
+
+    Search-time parameters are set here so a built index is ready to serve: ``nprobe`` for IVF
+    indexes (faiss's own default of 1 list loses most of the recall) and ``ef_search`` for HNSW; when
+    ``None``, ``DEFAULT_NPROBE`` / ``DEFAULT_EF_SEARCH`` apply to indexes that have the parameter.
+    Passing a parameter the index does not have is an error rather than silently ignored.
+    Builds with several faiss threads are not bit-reproducible for HNSW (insertion order races).
+    """
+    faiss = _faiss()
+    embeddings = _check_matrix("embeddings", embeddings)
+    _check_unit_rows("embeddings", embeddings)
+    dim = embeddings.shape[1]
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"spec must be 'Flat' or a faiss factory string, got {spec!r}")
+    if spec == "Flat":
+        index = faiss.IndexFlatIP(dim)
+    else:
+        lists = _ivf_lists(spec, dim)
+        index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+        if not index.is_trained:
+            if lists is not None and embeddings.shape[0] < lists:
+                raise ValueError(
+                    f"{spec!r} has {lists} lists but only {embeddings.shape[0]} vectors to train them on; "
+                    "use a smaller spec or 'Flat' (see choose_index_spec)"
+                )
+            index.train(_training_sample(embeddings, lists, seed))
+    index.add(embeddings)
+
+    for name, value, default in (("nprobe", nprobe, DEFAULT_NPROBE), ("efSearch", ef_search, DEFAULT_EF_SEARCH)):
+        if value is not None:
+            _set_search_param(index, name, _check_positive_int(name, value), spec)
+        elif _has_search_param(index, name):
+            _set_search_param(index, name, default, spec)
+    return index
+
+
+def exact_search(embeddings: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner-product ``(scores, ids)`` of each query, without copying the corpus.
+
+    Queries go in blocks and faiss tiles the corpus, so memory stays bounded (no full queries x corpus
+    score matrix, which would be 4 GiB for 1000 queries over 1M vectors).
+    """
+    faiss = _faiss()
+    embeddings = _check_matrix("embeddings", embeddings)
+    queries = _check_matrix("queries", queries, dim=embeddings.shape[1])
+    k = min(_check_positive_int("k", k), embeddings.shape[0])
+    scores = np.empty((queries.shape[0], k), np.float32)
+    ids = np.empty((queries.shape[0], k), np.int64)
+    for start in range(0, queries.shape[0], _QUERY_BLOCK):
+        block = slice(start, start + _QUERY_BLOCK)
+        scores[block], ids[block] = faiss.knn(queries[block], embeddings, k, metric=faiss.METRIC_INNER_PRODUCT)
+    return scores, ids
+
+
+def recall_at_k(index: Any, embeddings: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+    """Mean over queries of the fraction of the exact top-``k`` ids that ``index``'s top-``k`` finds.
+
+    ``index`` must hold exactly ``embeddings``, in order (ids are row numbers), as
+    ``build_faiss_index`` makes it. The reference is exact inner-product search over ``embeddings``;
+    ``k`` is capped at the corpus size. Ties at the k-th score can make even an exact index score
+    slightly below 1.0 on degenerate data; real-valued embeddings practically never tie.
+    """
+    embeddings = _check_matrix("embeddings", embeddings)
+    queries = _check_matrix("queries", queries, dim=embeddings.shape[1])
+    if index.d != embeddings.shape[1]:
+        raise ValueError(f"index has dimension {index.d}, embeddings {embeddings.shape[1]}")
+    if index.ntotal != embeddings.shape[0]:
+        raise ValueError(f"index holds {index.ntotal} vectors but embeddings has {embeddings.shape[0]} rows")
+    k = min(_check_positive_int("k", k), embeddings.shape[0])
+    _, exact_ids = exact_search(embeddings, queries, k)
+    found = 0
+    for start in range(0, queries.shape[0], _QUERY_BLOCK):
+        block = slice(start, start + _QUERY_BLOCK)
+        _, ann_ids = index.search(queries[block], k)
+        # Exact ids are distinct and never -1, so each padded (-1) ANN slot simply matches nothing.
+        found += int((exact_ids[block][:, :, None] == ann_ids[:, None, :]).any(axis=2).sum())
+    return found / (queries.shape[0] * k)
+
+
+def save_index(index: Any, path: str | Path) -> None:
+    """Write ``index`` in faiss's own binary format (``faiss.write_index``; no pickle).
+
+    The file is written next to ``path`` and renamed into place, so a reader never sees half a file.
+    Search parameters stored with the index (``nprobe``, ``efSearch``) travel with it.
+    """
+    faiss = _faiss()
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot save the index to {path}: folder {path.parent} does not exist")
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        faiss.write_index(index, str(partial))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def load_index(path: str | Path) -> Any:
+    """Read an index written by ``save_index`` (``faiss.read_index``: a binary format, no pickle).
+
+    No code runs on load, but faiss's reader is not hardened against crafted files: load only
+    indexes this platform wrote (e.g. from a model artifact).
+    """
+    faiss = _faiss()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no faiss index file at {path}")
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as error:
+        raise ValueError(f"{path} is not a readable faiss index: {error}") from None
