@@ -242,7 +242,7 @@ def load_corpus_index(uri: str, expected_version: str):
     table, where = _read_columns(uri, list(ITEM_COLUMNS))
     ids, captions, errors = (table.column(name).to_pylist() for name in ITEM_COLUMNS)
     keep = [i for i, error in enumerate(errors) if error == ""]
-    items = [Item(id=ids[i], caption=captions[i], uri=f"v1/images/{ids[i]}") for i in keep]
+    items = [Item(id=ids[i], caption=captions[i], uri=f"index:{ids[i]}") for i in keep]
     with tempfile.TemporaryDirectory(prefix="align-index-") as tmp:
         local = Path(tmp) / INDEX_FILE
         local.write_bytes(read_bytes(join_uri(uri, INDEX_FILE)))

@@ -181,7 +181,7 @@ def http_api(service: Any) -> Any:
         images = service.decode_base64_images(body.images, "images")
         return await service.classify(images, body.labels, body.templates)
 
-    @api.get("/v1/images/{item_id}", responses={200: {"content": {"image/jpeg": {}}}, 404: {}})
+    @api.get("/v1/images/{item_id:path}", responses={200: {"content": {"image/jpeg": {}}}, 404: {}})
     async def image(item_id: str) -> Response:
         data = service.image_bytes(item_id)
         if data is None:

@@ -8,6 +8,7 @@ no request can mix the new encoder with the old index.
 from __future__ import annotations
 
 import importlib
+from urllib.parse import quote
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,7 +102,7 @@ class ServingModel:
                     break
                 item = self.index.item(int(row))
                 hits.append({"id": item.id, "score": float(score), "caption": item.caption,
-                             "image_url": f"v1/images/{item.id}", "rank": len(hits) + 1})
+                             "image_url": f"v1/images/{quote(item.id, safe='')}", "rank": len(hits) + 1})
             out.append(hits)
         return out
 

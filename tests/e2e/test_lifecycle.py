@@ -125,25 +125,30 @@ def test_serving_answers_after_the_flow_returned(lifecycle_runs):
 
 def test_the_search_page_of_the_real_app_shows_the_champions_images(lifecycle_runs):
     """Headless Chromium on the page served by the Ray Serve app: query, grid, images from the index."""
+    import time
+
+    from playwright.sync_api import expect
+
     from tests.browser import headless_page
 
     cfg, _, _ = lifecycle_runs
     url = f"http://127.0.0.1:{cfg.serve.port}/"
     expected = httpx.post(f"{url}v1/search", json={"text": "a red circle", "k": 6}, timeout=30).json()
+    first = httpx.get(f"{url}{expected['results'][0]['image_url']}", timeout=30)
+    assert first.status_code == 200 and first.headers["content-type"].startswith("image/"), first.text[:300]
     with headless_page(url) as page:
         page.goto(url)
-        page.wait_for_function("document.querySelector('#model-version').textContent.includes('index')")
-        assert f"v{expected['model_version']}" in page.inner_text("#model-version")
+        # Locator assertions, not wait_for_function: the page's CSP forbids the eval that needs.
+        expect(page.locator("#model-version")).to_contain_text(f"v{expected['model_version']}")
         page.fill("#k", "6")
         page.fill("#query", "a red circle")
         page.press("#query", "Enter")
-        page.wait_for_selector("#results .result")
         cards = page.locator("#results .result")
-        assert [cards.nth(i).get_attribute("data-id") for i in range(cards.count())] == [
-            hit["id"] for hit in expected["results"]
-        ]
+        expect(cards).to_have_count(len(expected["results"]))
+        assert cards.evaluate_all("cards => cards.map(c => c.dataset.id)") == [hit["id"] for hit in expected["results"]]
         # The images come from the champion's corpus index (GET v1/images/{id}) and really decode.
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('#results img.result-image')]"
-            ".every(img => img.complete && img.naturalWidth > 0)"
-        )
+        images = page.locator("#results img.result-image")
+        deadline = time.monotonic() + 15
+        while not all(images.evaluate_all("imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")):
+            assert time.monotonic() < deadline, "result images did not load"
+            time.sleep(0.2)

@@ -225,6 +225,10 @@ def test_bounded_load_with_a_promotion_has_no_failures(service):
             set_alias(service.root, "champion", "2")
 
     state = run_load(service.url, requests, CONCURRENCY, WALL_LIMIT_S, on_progress)
+    print(f"{state.done} requests in {state.wall_s:.1f}s, statuses {state.statuses}, versions "
+          f"{ {v: state.versions.count(v) for v in sorted(set(state.versions))} }, promoted after "
+          f"{promotion.get('at_request')}, p50 {1e3 * float(np.median(state.latencies)):.0f} ms, "
+          f"max {1e3 * max(state.latencies):.0f} ms")
 
     assert state.done == REQUESTS, f"stopped by the {WALL_LIMIT_S:.0f}s limit after {state.done}/{REQUESTS} requests"
     assert state.transport == [], state.transport[:5]
