@@ -14,19 +14,21 @@ Measured, on one index built by ``components.serving.ann.build_faiss_index`` (th
 - build seconds (training included), file size and load seconds (``save_index`` / ``load_index``:
   the index ships inside the model artifact);
 - recall@10 against exact inner-product search over all queries;
-- single-query latency p50 / p99, one query per ``search`` call (how the serving path asks), with
+- single-query latency p50 / p99, one query per ``search`` call (the interactive case), with
   faiss limited to 1 and to 2 threads, for the ANN index and for exact flat search at the same size
   (fewer queries: ~80 ms each), and the exact/ANN ratios;
-- ``--sweep``: recall and 1-thread p50 at other ``nprobe`` / ``efSearch`` values on the same index,
-  the trade-off behind the defaults.
+- ``--sweep`` (default 48,64,96,128): recall and 1-thread p50 / p99 at those ``nprobe`` (IVF) or
+  ``efSearch`` (HNSW) values on the same index: the trade-off behind the defaults.
 
 Targets at 1M: recall@10 >= 0.95 and single-query p50 <= 5 ms (both thread counts). A miss is printed
 as such. Writes bench/results/ann_index.json with the 1-min load average at each phase and a
 ``likely_disturbed`` flag: latency on a shared 2-core machine suffers from other work.
-About 6-9 minutes on an idle 2-core machine at the defaults; ``--smoke`` runs a tiny setting in seconds.
+About 1.5 minutes on a quiet 2-core machine at the defaults (``--spec HNSW32``: ~3 minutes more to
+build); needs ~4 GiB of memory and ~1 GiB of temporary disk. ``--smoke`` runs a tiny setting in seconds.
 
-    .venv/bin/python bench/ann_index.py [--n 1000000] [--dim 256] [--spec IVF4096,Flat] [--nprobe N]
-        [--ef-search N] [--queries 1000] [--sweep 16,32,64] [--base emb.npy --noise 0.6] [--smoke] [--out PATH]
+    .venv/bin/python bench/ann_index.py [--n 1000000] [--dim 256] [--spec IVF1024,PQ128x4fs,RFlat]
+        [--nprobe N] [--refine-k-factor N] [--ef-search N] [--queries 1000] [--sweep 48,64,96,128]
+        [--base emb.npy --noise 0.6] [--smoke] [--out PATH]
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ TARGET_RECALL = 0.95
 TARGET_P50_MS = 5.0
 K = 10
 THREADS = (1, 2)
-SMOKE = {"n": 3000, "dim": 32, "queries": 40, "exact_latency_queries": 10, "spec": "IVF16,Flat", "sweep": "2,4"}
+SMOKE = {"n": 3000, "dim": 32, "queries": 40, "exact_latency_queries": 10, "spec": "IVF16,PQ8x4fs,RFlat",
+         "nprobe": 4, "sweep": "2,4"}
 
 
 def _load() -> float:
@@ -62,6 +65,9 @@ def make_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, str]:
         base = np.load(args.base, allow_pickle=False).astype(np.float32, copy=False)
         data = ann.perturbed_copies(base, total, args.noise, seed=args.seed)
         source = f"perturbed_copies({args.base}, noise={args.noise})"
+        if total > 5 * base.shape[0]:
+            print(f"note: ~{total // base.shape[0]} copies per base row: neighbours will mostly be copies of one "
+                  "row (near-duplicates), which flatters any ANN index; see perturbed_copies", flush=True)
     else:
         data = ann.realistic_embeddings(total, args.dim, seed=args.seed)
         source = "realistic_embeddings"
@@ -112,7 +118,24 @@ def _current_param(index: Any, name: str) -> int:
     return int(faiss.downcast_index(index).hnsw.efSearch)
 
 
-def sweep(index: Any, queries: np.ndarray, exact_ids: np.ndarray, values: list[int], latency_queries: int) -> list[dict]:
+def index_params(index: Any) -> dict[str, int]:
+    """The search-time parameters the index has, as ``build_faiss_index`` names them."""
+    import faiss
+
+    params = {}
+    if (ivf := faiss.try_extract_index_ivf(index)) is not None:
+        params["nprobe"] = int(ivf.nprobe)
+    outer = faiss.downcast_index(index)
+    if isinstance(outer, faiss.IndexRefine):
+        params["refine_k_factor"] = int(outer.k_factor)
+    if hasattr(outer, "hnsw"):
+        params["ef_search"] = int(outer.hnsw.efSearch)
+    return params
+
+
+def sweep(
+    index: Any, queries: np.ndarray, exact_ids: np.ndarray, values: list[int], latency_queries: int
+) -> list[dict]:
     """Recall@10 and 1-thread latency at each value of the index's speed/recall knob."""
     import faiss
 
@@ -150,10 +173,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--spec", default=ann.DEFAULT_ANN_SPEC, help="faiss factory string of the ANN index")
     parser.add_argument("--nprobe", type=int, default=None, help=f"IVF lists per query (default {ann.DEFAULT_NPROBE})")
     parser.add_argument("--ef-search", type=int, default=None, help=f"HNSW efSearch (default {ann.DEFAULT_EF_SEARCH})")
+    parser.add_argument("--refine-k-factor", type=int, default=None,
+                        help=f"exact re-ranking of k x this many candidates (default {ann.DEFAULT_REFINE_K_FACTOR})")
     parser.add_argument("--queries", type=int, default=1000, help="held-out queries (recall and ANN latency)")
     parser.add_argument("--exact-latency-queries", type=int, default=60, help="queries timed on exact search")
-    parser.add_argument("--sweep", default="", help="comma-separated nprobe/efSearch values to also measure")
-    parser.add_argument("--base", type=Path, default=None, help="real unit embeddings (.npy) to grow by perturbed copies")
+    parser.add_argument("--sweep", default="48,64,96,128", help="comma-separated nprobe/efSearch values to measure")
+    parser.add_argument("--base", type=Path, default=None, help="real unit embeddings (.npy) to grow by copies")
     parser.add_argument("--noise", type=float, default=0.6, help="noise norm of --base copies")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny setting, seconds: checks the script runs")
@@ -218,11 +243,13 @@ def _run(args: argparse.Namespace, loads: dict[str, float]) -> dict:
 
     faiss.omp_set_num_threads(max(THREADS))
     started = time.perf_counter()
-    index = ann.build_faiss_index(corpus, args.spec, ef_search=args.ef_search, nprobe=args.nprobe, seed=args.seed)
+    index = ann.build_faiss_index(
+        corpus, args.spec, ef_search=args.ef_search, nprobe=args.nprobe, refine_k_factor=args.refine_k_factor,
+        seed=args.seed,
+    )
     build_s = time.perf_counter() - started
     loads["after_build"] = _load()
-    param = _search_param(index)
-    params = {param: _current_param(index, param)} if param else {}
+    params = index_params(index)
     print(f"built {args.spec} {params} in {build_s:.1f} s", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="align-ann-bench-") as tmp:
@@ -273,7 +300,7 @@ def _run(args: argparse.Namespace, loads: dict[str, float]) -> dict:
     }
     for key in ann_latency:
         print(f"{key}: exact p50 {exact_latency[key]['p50_ms']:.2f} ms vs ANN {ann_latency[key]['p50_ms']:.3f} ms "
-              f"-> {result['speedup_p50'][key]:.0f}x faster", flush=True)
+              f"-> exact/ANN = {result['speedup_p50'][key]:.1f}", flush=True)
     verdict = "met" if met["recall_at_10"] else "MISSED"
     print(f"recall@10 {recall:.4f} (target >= {TARGET_RECALL}): {verdict}")
     verdict = "met" if met["p50_ms"] else "MISSED"
