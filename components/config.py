@@ -315,9 +315,10 @@ class IndexConfig(_Section):
     # eval: only the evaluation split embedded at registration, inside the model artifact.
     source: Literal["dataset", "eval"] = "dataset"
     exact_max: int = 100_000  # exact (flat) search up to this many items (~6 ms a query); ANN above
-    # IVF lists of 4-bit PQ codes re-ranked exactly: recall@10 ~0.97 at ~1.5 ms a query at 1M x 256 on
-    # 2 cores (bench/ann_index.py); HNSW took minutes to build there and stayed below 0.95.
-    ann_spec: str = "IVF1024,PQ128x4fs,RFlat"
+    # auto: IVF lists of 4-bit PQ codes (dim/2 sub-quantisers) re-ranked exactly: recall@10 0.98 at
+    # ~1.6 ms a query at 1M x 256 on 2 cores (bench/ann_index.py), built in ~30 s; HNSW32 needed
+    # efSearch 512 and 200 s of build for 0.96. Or any faiss factory string.
+    ann_spec: str = "auto"
     ann_ef_search: int = 128  # HNSW specs: search breadth, recall against latency
     ann_nprobe: int = 96  # IVF specs: lists scanned per query, recall against latency
     recall_queries: int = 500  # items used as queries to measure the ANN index's recall@10 vs exact

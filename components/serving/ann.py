@@ -115,6 +115,15 @@ def _ivf_lists(index: Any) -> int | None:
     return None if ivf is None else int(ivf.nlist)
 
 
+def default_ann_spec(dim: int) -> str:
+    """``DEFAULT_ANN_SPEC``'s recipe at any dimension: PQ sub-quantisers must divide the dimension, so
+    the codes keep its 2 dimensions per sub-quantiser (128 at 256-d, 80 at 160-d, 320 at 640-d)."""
+    dim = _check_positive_int("dim", dim)
+    if dim % 2:
+        return "IVF1024,Flat"
+    return f"IVF1024,PQ{dim // 2}x4fs,RFlat"
+
+
 def choose_index_spec(num_vectors: int, dim: int, exact_max: int, ann_spec: str) -> str:
     """``"Flat"`` (exact) for corpora of at most ``exact_max`` vectors, else ``ann_spec``.
 

@@ -123,7 +123,7 @@ def build_corpus_index(
     registered version and index it; returns the index URI and its manifest (reused if built before)."""
     import ray
 
-    from components.serving.ann import build_faiss_index, choose_index_spec, recall_at_k, save_index
+    from components.serving.ann import build_faiss_index, choose_index_spec, default_ann_spec, recall_at_k, save_index
 
     started = time.monotonic()
     uri = index_uri(indexes_uri, model_name, model_version, source_uri)
@@ -147,7 +147,8 @@ def build_corpus_index(
     embeddings = np.ascontiguousarray(flat.reshape(-1, dim)[ok], dtype=np.float32)
     if embeddings.shape[0] == 0:
         raise ValueError(f"no image of {source_uri} could be embedded; see {join_uri(uri, ITEMS_DIR)} (column error)")
-    spec = choose_index_spec(embeddings.shape[0], dim, cfg.exact_max, cfg.ann_spec)
+    ann_spec = default_ann_spec(dim) if cfg.ann_spec == "auto" else cfg.ann_spec
+    spec = choose_index_spec(embeddings.shape[0], dim, cfg.exact_max, ann_spec)
     index = build_faiss_index(
         embeddings, spec,
         ef_search=cfg.ann_ef_search if "HNSW" in spec else None,

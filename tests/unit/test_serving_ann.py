@@ -165,3 +165,13 @@ def test_bench_smoke_runs_and_writes_json(tmp_path):
     assert result["setting"]["params"] == {"nprobe": 4, "refine_k_factor": ann.DEFAULT_REFINE_K_FACTOR}
     assert 0.5 < result["data"]["mean_top1_cosine"] < 1.0
     assert set(result["targets_met"]) == {"recall_at_10", "p50_ms"}
+
+
+def test_the_default_ann_recipe_fits_any_even_dimension():
+    from components.serving.ann import choose_index_spec, default_ann_spec
+
+    assert default_ann_spec(256) == "IVF1024,PQ128x4fs,RFlat"
+    for dim in (160, 384, 640, 1376):  # tinynet_e, MiniLM, B7, L2 embedding sizes
+        spec = default_ann_spec(dim)
+        assert choose_index_spec(200_000, dim, 100_000, spec) == spec  # validated by faiss at that dim
+    assert default_ann_spec(161) == "IVF1024,Flat"
