@@ -282,6 +282,53 @@ def replica_counters(http, url: str) -> dict[str, float]:
     return out
 
 
+def serve_processes() -> dict[str, int]:
+    """PIDs of this cluster's replica, proxy and controller (best effort: Ray's GCS actor table)."""
+    try:
+        from ray._private.state import actors
+
+        table = actors(actor_state_name="ALIVE")
+    except Exception:  # noqa: BLE001 -- a private API; the CPU breakdown is optional
+        return {}
+    roles = {"replica": f"ServeReplica:{APP_NAME}:", "proxy": "ProxyActor", "controller": "ServeController"}
+    return {role: info["Pid"] for info in table.values() for role, prefix in roles.items()
+            if info["ActorClassName"].startswith(prefix) and info["Pid"]}
+
+
+class CpuMeter:
+    """CPU seconds used by the serving processes, by this (client) process and by the whole machine."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        import psutil
+
+        self.psutil = psutil
+        self.processes = {}
+        for role, pid in pids.items():
+            try:
+                self.processes[role] = psutil.Process(pid)
+            except psutil.NoSuchProcess:
+                pass
+        self.processes["client"] = psutil.Process()
+
+    def snapshot(self) -> dict[str, float]:
+        out = {}
+        for role, process in self.processes.items():
+            try:
+                times = process.cpu_times()
+                out[role] = times.user + times.system
+            except self.psutil.NoSuchProcess:
+                out[role] = float("nan")
+        machine = self.psutil.cpu_times()
+        out["machine"] = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+        return out
+
+    @staticmethod
+    def per_request_ms(before: dict, after: dict, requests: int) -> dict[str, float]:
+        used = {role: after[role] - before[role] for role in before}
+        used["rest_of_machine"] = used["machine"] - sum(v for k, v in used.items() if k != "machine")
+        return {role: round(1e3 * value / requests, 2) for role, value in used.items()}
+
+
 def serving_runs(url: str, queries: list[str], concurrencies: list[int], n: int, warmup: int) -> dict:
     import httpx
 
@@ -302,30 +349,34 @@ def serving_runs(url: str, queries: list[str], concurrencies: list[int], n: int,
         return "" if response.status_code == 200 else f"{response.status_code}: {response.text[:200]}"
 
     results: dict = {"search": {}, "healthz": {}}
+    meter = CpuMeter(serve_processes())
     with httpx.Client(timeout=30, trust_env=False) as probe:
         for concurrency in concurrencies:
             clients = [httpx.Client(timeout=30, trust_env=False) for _ in range(concurrency)]
             try:
                 drive(clients, search, warmup, check_search)
-                before = replica_counters(probe, url)
+                before, cpu_before = replica_counters(probe, url), meter.snapshot()
                 run = drive(clients, search, n, check_search)
-                after = replica_counters(probe, url)
+                cpu_after, after = meter.snapshot(), replica_counters(probe, url)
             finally:
                 for client in clients:
                     client.close()
             delta = {key: after[key] - before[key] for key in after}
             run["replica_mean_ms"] = round(1e3 * delta["latency_sum"] / max(1.0, delta["latency_count"]), 2)
             run["mean_text_batch"] = round(delta["batch_sum"] / max(1.0, delta["batch_count"]), 2)
+            run["cpu_ms_per_request"] = meter.per_request_ms(cpu_before, cpu_after, n)
             run["load_1m"] = _load()
             results["search"][str(concurrency)] = run
             print(f"  serve c={concurrency:<3d} p50 {run['p50_ms']:7.2f} ms  p99 {run['p99_ms']:7.2f} ms  "
                   f"{run['qps']:7.1f} QPS  (in replica {run['replica_mean_ms']} ms, batch {run['mean_text_batch']}, "
-                  f"failures {run['failures']})", flush=True)
+                  f"failures {run['failures']})\n        CPU ms per request: {run['cpu_ms_per_request']}", flush=True)
         for concurrency in sorted({1, min(8, max(concurrencies))}):
             clients = [httpx.Client(timeout=30, trust_env=False) for _ in range(concurrency)]
             try:
                 drive(clients, healthz, warmup, check_ok)
+                cpu_before = meter.snapshot()
                 run = drive(clients, healthz, n, check_ok)
+                run["cpu_ms_per_request"] = meter.per_request_ms(cpu_before, meter.snapshot(), n)
             finally:
                 for client in clients:
                     client.close()
@@ -342,6 +393,9 @@ def _median_runs(runs: list[dict]) -> dict:
     out = {key: round(statistics.median(r[key] for r in runs), 2) for key in keys if key in runs[0]}
     if "failures" in runs[0]:
         out["failures"] = sum(r["failures"] for r in runs)
+    if "cpu_ms_per_request" in runs[0]:
+        out["cpu_ms_per_request"] = {role: round(statistics.median(r["cpu_ms_per_request"][role] for r in runs), 2)
+                                     for role in runs[0]["cpu_ms_per_request"]}
     return out
 
 
@@ -386,6 +440,10 @@ def print_table(summary: dict) -> None:
               f"   (in replica {run['replica_mean_ms']} ms, text batch {run['mean_text_batch']})")
     for c, run in summary["serving_healthz"].items():
         print(f"{'serve /healthz (no model work), concurrency ' + c:<44} {run['p50_ms']:8.2f} {run['p99_ms']:8.2f} {run['qps']:8.1f}")
+    print("\nCPU ms per request (median over rounds):")
+    for name, runs in (("/v1/search", summary["serving_search"]), ("/healthz", summary["serving_healthz"])):
+        for c, run in runs.items():
+            print(f"  {name} c={c}: {run.get('cpu_ms_per_request')}")
     print(f"\np50 at concurrency 1: {summary['serving_p50_ms_at_c1']} ms (target <= {TARGET_P50_MS}; "
           f"ratio {summary['ratio_p50_vs_target']}) -> {'met' if summary['meets_p50_target'] else 'MISSED'}")
     print(f"peak QPS: {summary['serving_peak_qps']} at concurrency {summary['serving_peak_qps_concurrency']} "
