@@ -158,35 +158,39 @@ class ServingDeployment:
 
     # --- batched encoders ------------------------------------------------------------------------------
 
-    async def _embed_texts_now(self, items: list[tuple[ServingModel, str]]) -> list[Any]:
-        self.metrics.batch_size.labels("text").observe(len(items))
+    async def _embed_grouped(self, items: list[tuple[ServingModel, Any]], modality: str) -> list[Any]:
+        """One encoder call per model snapshot in the batch (a swap mid-batch makes two groups)."""
+        self.metrics.batch_size.labels(modality).observe(len(items))
         out: list[Any] = [None] * len(items)
         for positions in _group_by_model(items).values():
             model = items[positions[0]][0]
-            vectors = await asyncio.to_thread(model.embed_texts, [items[p][1] for p in positions])
+            embed = model.embed_texts if modality == "text" else model.embed_images
+            vectors = await asyncio.to_thread(embed, [items[p][1] for p in positions])
             for p, vector in zip(positions, vectors, strict=True):
                 out[p] = vector
         return out
+
+    # Two queues for @serve.batch: texts and images are batched separately.
+    async def _embed_texts_now(self, items: list[tuple[ServingModel, str]]) -> list[Any]:
+        return await self._embed_grouped(items, "text")
 
     async def _embed_images_now(self, items: list[tuple[ServingModel, Any]]) -> list[Any]:
-        self.metrics.batch_size.labels("image").observe(len(items))
-        out: list[Any] = [None] * len(items)
-        for positions in _group_by_model(items).values():
-            model = items[positions[0]][0]
-            vectors = await asyncio.to_thread(model.embed_images, [items[p][1] for p in positions])
-            for p, vector in zip(positions, vectors, strict=True):
-                out[p] = vector
-        return out
+        return await self._embed_grouped(items, "image")
+
+    async def _embed(self, model: ServingModel, inputs: list[Any], modality: str) -> list[Any]:
+        batched, direct = (
+            (self._embed_texts_batch, self._embed_texts_now) if modality == "text"
+            else (self._embed_images_batch, self._embed_images_now)
+        )
+        if batched == direct:
+            return await direct([(model, x) for x in inputs])
+        return list(await asyncio.gather(*(batched((model, x)) for x in inputs)))
 
     async def _texts(self, model: ServingModel, texts: list[str]) -> list[Any]:
-        if self._embed_texts_batch == self._embed_texts_now:
-            return await self._embed_texts_now([(model, t) for t in texts])
-        return list(await asyncio.gather(*(self._embed_texts_batch((model, t)) for t in texts)))
+        return await self._embed(model, texts, "text")
 
     async def _images(self, model: ServingModel, images: list[Any]) -> list[Any]:
-        if self._embed_images_batch == self._embed_images_now:
-            return await self._embed_images_now([(model, i) for i in images])
-        return list(await asyncio.gather(*(self._embed_images_batch((model, i)) for i in images)))
+        return await self._embed(model, images, "image")
 
     # --- request handlers (called by components.serving.http) ------------------------------------------
 

@@ -50,12 +50,13 @@ class GuardMiddleware:
                 status["code"] = message["status"]
             await send(message)
 
+        headers = dict(scope.get("headers") or [])
         try:
             if self.api_key and not _is_open(path):
-                supplied = dict(scope.get("headers") or []).get(API_KEY_HEADER.encode(), b"")
+                supplied = headers.get(API_KEY_HEADER.encode(), b"")
                 if not hmac.compare_digest(supplied, self.api_key.encode()):
                     return await _json(send_tracking, 401, "missing or wrong X-API-Key header")
-            declared = dict(scope.get("headers") or []).get(b"content-length")
+            declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
                 return await _json(send_tracking, 413, f"request body over the {self.max_body_bytes}-byte limit")
             received = {"bytes": 0}

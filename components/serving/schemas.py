@@ -30,6 +30,13 @@ def _non_blank(value: str) -> str:
     return value
 
 
+def _strip_texts(cls, value):
+    """Texts (one, or a list) must keep a non-whitespace character; they are passed on stripped."""
+    if isinstance(value, list):
+        return [_non_blank(v) for v in value]
+    return _non_blank(value) if isinstance(value, str) else value
+
+
 @dataclass(frozen=True)
 class RequestModels:
     embed: type[BaseModel]
@@ -43,11 +50,7 @@ def request_models(cfg: ServeConfig) -> RequestModels:
     if cfg.max_k < 1:
         raise ValueError(f"serve.max_k must be >= 1, got {cfg.max_k}")
     text = (StrictStr, Field(min_length=1, max_length=cfg.max_text_chars))
-    validators = {"_texts": field_validator("text", "texts", "labels", check_fields=False)(
-        lambda cls, value: [_non_blank(v) for v in value] if isinstance(value, list) else (
-            _non_blank(value) if isinstance(value, str) else value
-        )
-    )}
+    validators = {"_texts": field_validator("text", "texts", "labels", check_fields=False)(_strip_texts)}
     modifier = create_model(
         "Modifier",
         __base__=_Strict,
