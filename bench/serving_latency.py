@@ -220,9 +220,9 @@ def bare_loop(encoder, index, queries: list[str], n: int, warmup: int, threads: 
 # --- candidate ------------------------------------------------------------------------------------------
 
 
-def drive(clients: list, send: Callable, n: int, check: Callable) -> dict:
-    """``len(clients)`` threads share ``n`` requests; each first sends one untimed request on its own
-    connection, then all start together. Returns latency stats, QPS and the failures seen."""
+def drive(clients: list, send: Callable, n: int, check: Callable, connect_first: bool = True) -> dict:
+    """``len(clients)`` threads share ``n`` requests and start together. With ``connect_first`` each first
+    sends one untimed request to open its keep-alive connection. Returns latency stats, QPS and failures."""
     lock, counter = threading.Lock(), [0]
     latencies: list[float] = []
     failures: list[str] = []
@@ -231,7 +231,8 @@ def drive(clients: list, send: Callable, n: int, check: Callable) -> dict:
     def worker(w: int) -> None:
         client = clients[w]
         try:
-            send(client, w)  # opens this thread's keep-alive connection
+            if connect_first:
+                send(client, w)
         except Exception as exc:  # noqa: BLE001 -- counted, reported
             with lock:
                 failures.append(f"connect: {exc!r}")
@@ -348,15 +349,23 @@ def serving_runs(url: str, queries: list[str], concurrencies: list[int], n: int,
     def check_ok(response) -> str:
         return "" if response.status_code == 200 else f"{response.status_code}: {response.text[:200]}"
 
-    results: dict = {"search": {}, "healthz": {}}
     meter = CpuMeter(serve_processes())
+    # Background CPU with no traffic (controller loops, metrics pushes, health checks, the champion
+    # follower): per request it is this rate divided by the QPS, so it weighs most at concurrency 1.
+    idle_s = 3.0 if n >= 100 else 1.0
+    before = meter.snapshot()
+    time.sleep(idle_s)
+    after = meter.snapshot()
+    idle = {role: round(1e3 * (after[role] - before[role]) / idle_s, 1) for role in before}
+    print(f"  idle CPU ms per second: {idle}", flush=True)
+    results: dict = {"search": {}, "healthz": {}, "idle_cpu_ms_per_s": idle}
     with httpx.Client(timeout=30, trust_env=False) as probe:
         for concurrency in concurrencies:
             clients = [httpx.Client(timeout=30, trust_env=False) for _ in range(concurrency)]
             try:
                 drive(clients, search, warmup, check_search)
                 before, cpu_before = replica_counters(probe, url), meter.snapshot()
-                run = drive(clients, search, n, check_search)
+                run = drive(clients, search, n, check_search, connect_first=False)  # warm-up opened them
                 cpu_after, after = meter.snapshot(), replica_counters(probe, url)
             finally:
                 for client in clients:
@@ -375,7 +384,7 @@ def serving_runs(url: str, queries: list[str], concurrencies: list[int], n: int,
             try:
                 drive(clients, healthz, warmup, check_ok)
                 cpu_before = meter.snapshot()
-                run = drive(clients, healthz, n, check_ok)
+                run = drive(clients, healthz, n, check_ok, connect_first=False)
                 run["cpu_ms_per_request"] = meter.per_request_ms(cpu_before, meter.snapshot(), n)
             finally:
                 for client in clients:
@@ -464,11 +473,16 @@ def _connect(cfg) -> bool:
 
     import ray
 
-    from components.runtime.ray_cluster import ensure_local_head
+    from components.runtime.ray_cluster import ensure_local_head, stop_local_head
 
     if ray.is_initialized():
         return False
-    ray.init(address=ensure_local_head(cfg), logging_level=logging.WARNING, log_to_driver=False)
+    address = ensure_local_head(cfg)
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except BaseException:
+        stop_local_head(cfg.storage.home)  # e.g. RAY_AUTH_MODE=token was not set before Ray was imported
+        raise
     return True
 
 
@@ -492,6 +506,15 @@ def main(argv: list[str] | None = None) -> dict:
                        "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "RAY_AUTH_MODE": "token"}.items():
         os.environ.setdefault(key, value)
 
+    phases: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def phase(name: str) -> None:
+        now = time.perf_counter()
+        phases[name] = round(phases.get(name, 0.0) + now - clock[0], 1)
+        clock[0] = now
+
+    started = clock[0]
     import faiss
 
     from components.config import load_config
@@ -500,32 +523,32 @@ def main(argv: list[str] | None = None) -> dict:
     from components.serving.deploy import deploy
     from components.serving.index import EMBEDDINGS_FILE
 
+    phase("imports")
     loads = {"start": _load()}
-    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="align-serving-bench-") as tmp_name:
         tmp = Path(tmp_name)
         cfg = load_config(None, overrides=[f"storage.home={tmp / 'home'}"])
         artifact_dir = tmp / "artifact"
         corpus = write_artifact(cfg, artifact_dir, args.base_images, args.vectors, cfg.seed)
         _, queries = scenes_and_captions(256, cfg.seed + 1000)  # unseen captions of new scenes
-        print(f"corpus: {corpus}", flush=True)
-        version = register(cfg, artifact_dir, corpus["dim"])
-        serve_cfg = cfg.serve.model_copy(update={"port": free_port(), "app_name": APP_NAME, "ready_timeout_s": 300.0})
-        setup_s = time.perf_counter() - started
-
         encoder = load_encoder(artifact_dir)
         index = faiss.IndexFlatIP(corpus["dim"])
         index.add(np.load(artifact_dir / EMBEDDINGS_FILE))
+        print(f"corpus: {corpus}", flush=True)
+        phase("model_and_corpus")
+        version = register(cfg, artifact_dir, corpus["dim"])
+        serve_cfg = cfg.serve.model_copy(update={"port": free_port(), "app_name": APP_NAME, "ready_timeout_s": 300.0})
+        phase("register")
 
         from ray import serve
 
         owns_ray = _connect(cfg)
+        phase("connect_ray")
         try:
-            deploy_started = time.perf_counter()
             url = deploy(serve_cfg, cfg.registry, cfg.storage.tracking_uri, expect_version=version)
-            deploy_s = time.perf_counter() - deploy_started
+            phase("deploy")
             loads["after_setup"] = _load()
-            print(f"deployed version {version} at {url} in {deploy_s:.1f}s", flush=True)
+            print(f"deployed version {version} at {url} in {phases['deploy']}s", flush=True)
             rounds = []
             for r in range(args.rounds):
                 baseline = {}
@@ -542,6 +565,7 @@ def main(argv: list[str] | None = None) -> dict:
                 serving = serving_runs(url, queries, concurrencies, args.requests, args.warmup)
                 rounds.append({"baseline": baseline, "serving": serving,
                                "load_1m": {"after_baseline": load_baseline, "after_serving": _load()}})
+            phase("measure")
         finally:
             try:
                 serve.shutdown()
@@ -551,6 +575,7 @@ def main(argv: list[str] | None = None) -> dict:
 
                     ray.shutdown()
                     stop_local_head(cfg.storage.home)
+    phase("shutdown")
 
     summary = summarise(rounds, concurrencies)
     loads["end"] = _load()
@@ -572,8 +597,7 @@ def main(argv: list[str] | None = None) -> dict:
             "cpu_count": os.cpu_count(),
             "smoke": args.smoke,
         },
-        "setup_s": round(setup_s, 1),
-        "deploy_s": round(deploy_s, 1),
+        "phases_s": phases,
         "wall_s": round(time.perf_counter() - started, 1),
         "rounds": rounds,
         **summary,
@@ -584,6 +608,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print_table(summary)
     print(f"1-min load average: {loads} (per round: {[r['load_1m'] for r in rounds]})", flush=True)
+    print(f"phases (s): {phases}, wall {result['wall_s']} s", flush=True)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -68,3 +69,15 @@ def headless_page(base_url: str, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> Iterat
                 context.close()
         finally:
             browser.close()
+
+
+def wait_until_images_load(page: Page, selector: str, timeout_s: float = 15.0) -> None:
+    """Poll from Python until every image matching ``selector`` decoded.
+
+    ``page.wait_for_function`` is avoided on purpose: when its predicate is not true at once it polls
+    with an eval inside the page, which the search page's CSP (no 'unsafe-eval') refuses.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not all(page.locator(selector).evaluate_all("imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")):
+        assert time.monotonic() < deadline, f"images {selector} did not load within {timeout_s:.0f} s"
+        time.sleep(0.1)

@@ -125,11 +125,9 @@ def test_serving_answers_after_the_flow_returned(lifecycle_runs):
 
 def test_the_search_page_of_the_real_app_shows_the_champions_images(lifecycle_runs):
     """Headless Chromium on the page served by the Ray Serve app: query, grid, images from the index."""
-    import time
-
     from playwright.sync_api import expect
 
-    from tests.browser import headless_page
+    from tests.browser import headless_page, wait_until_images_load
 
     cfg, _, _ = lifecycle_runs
     url = f"http://127.0.0.1:{cfg.serve.port}/"
@@ -147,8 +145,4 @@ def test_the_search_page_of_the_real_app_shows_the_champions_images(lifecycle_ru
         expect(cards).to_have_count(len(expected["results"]))
         assert cards.evaluate_all("cards => cards.map(c => c.dataset.id)") == [hit["id"] for hit in expected["results"]]
         # The images come from the champion's corpus index (GET v1/images/{id}) and really decode.
-        images = page.locator("#results img.result-image")
-        deadline = time.monotonic() + 15
-        while not all(images.evaluate_all("imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")):
-            assert time.monotonic() < deadline, "result images did not load"
-            time.sleep(0.2)
+        wait_until_images_load(page, "#results img.result-image")

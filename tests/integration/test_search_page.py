@@ -27,11 +27,12 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from components.config import ServeConfig
 from components.runtime.ray_cluster import free_port
 from components.serving.static_files import CONTENT_SECURITY_POLICY, page_routes
-from tests.browser import headless_page
+from tests.browser import headless_page, wait_until_images_load
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -270,7 +271,7 @@ def test_text_query_shows_the_matching_images(site: Site) -> None:
         page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
         page.on("pageerror", lambda exc: problems.append(str(exc)))
         page.goto(site.url)
-        page.wait_for_function("document.querySelector('#model-version').textContent.includes('index')")
+        expect(page.locator("#model-version")).to_contain_text("index")
         assert page.inner_text("#model-version") == "align v3 · index v3"
         assert page.input_value("#k") == "12"
         assert page.is_hidden("#error")
@@ -284,10 +285,7 @@ def test_text_query_shows_the_matching_images(site: Site) -> None:
         assert cards.first.locator(".result-caption").inner_text() == "a red circle"
         assert re.fullmatch(r"-?\d+\.\d{3}", cards.first.locator(".result-score").inner_text())
         assert cards.first.locator("img.result-image").get_attribute("src").endswith("v1/images/red-circle")
-        page.wait_for_function(
-            "() => { const img = document.querySelector('#results .result img.result-image');"
-            " return img.complete && img.naturalWidth > 0; }"
-        )
+        wait_until_images_load(page, "#results .result img.result-image")
         # Half matches ("a red square", "a blue circle", ...) come after the full match.
         assert {cards.nth(i).get_attribute("data-id") for i in range(1, 5)} <= {
             f"red-{s}" for s in SHAPES
@@ -303,7 +301,7 @@ def test_uploaded_image_plus_text_modifier(site: Site, tmp_path) -> None:
     path.write_bytes(query_png)
     with headless_page(site.url) as page:
         page.goto(site.url)
-        page.wait_for_function("document.querySelector('#model-version').textContent.includes('v3')")
+        expect(page.locator("#model-version")).to_contain_text("v3")
         page.set_input_files("#image-input", str(path))
         page.wait_for_selector("#image-preview", state="visible")
         assert page.is_visible("#clear-image")
@@ -374,9 +372,7 @@ def test_rejected_query_shows_the_servers_message(site: Site) -> None:
 
         page.fill("#query", "x" * (LIMITS.max_text_chars + 1))
         page.press("#query", "Enter")
-        page.wait_for_function(
-            "document.querySelector('#error').textContent.includes('at most')", timeout=10_000
-        )
+        expect(page.locator("#error")).to_contain_text("at most", timeout=10_000)
         message = page.inner_text("#error")
         assert message.startswith("text:") and f"at most {LIMITS.max_text_chars} characters" in message
         assert page.locator("#results .result").count() == 0
