@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from components.serving.ann import build_faiss_index
+
 EMBEDDINGS_FILE = "index/embeddings.npy"
 ITEMS_FILE = "index/items.json"
 # Rows must be unit length; float32 round-off on a 1k-d vector stays far below this.
@@ -27,26 +29,6 @@ class Item:
     id: str
     caption: str
     uri: str
-
-
-def _build_faiss_index(embeddings: np.ndarray, spec: str) -> Any:
-    """The one place that picks the faiss structure: exact flat search by default.
-
-    Flat inner product is exact and fast enough for the corpora here (~6 ms per query at 100k
-    256-d vectors on 2 cores). For large corpora pass a faiss factory string (e.g. ``"HNSW32"`` or
-    ``"IVF1024,Flat"``); approximate indexes need realistic (clustered) vectors to reach good recall.
-    """
-    import faiss
-
-    dim = embeddings.shape[1]
-    if spec == "Flat":
-        index = faiss.IndexFlatIP(dim)
-    else:
-        index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
-        if not index.is_trained:
-            index.train(embeddings)
-    index.add(embeddings)
-    return index
 
 
 def _check_matrix(name: str, array: Any, dim: int | None = None) -> np.ndarray:
@@ -83,7 +65,7 @@ class VectorIndex:
             )
         self._items = list(items)
         self._dim = dim
-        self._index = _build_faiss_index(embeddings, spec)
+        self._index = build_faiss_index(embeddings, spec)  # exact by default; see serving/ann.py
 
     @classmethod
     def from_faiss(cls, faiss_index: Any, items: list[Item]) -> VectorIndex:
