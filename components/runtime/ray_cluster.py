@@ -92,11 +92,11 @@ def ensure_local_head(cfg: AlignConfig) -> str:
 
 def connect(cfg: AlignConfig) -> str:
     """Connect this process to the configured cluster (idempotent); returns the GCS address."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # read when ray is imported: set it first
     import ray
 
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     address = ensure_local_head(cfg) if cfg.ray.address == "local" else cfg.ray.address
     # Worker output reaches this console: training's per-step progress lines are printed by rank 0.
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)

@@ -33,7 +33,7 @@ def test_serving_bench_smoke(ray_session, tmp_path):
     started = time.monotonic()
     result = bench.main(["--smoke", "--out", str(out)])
     took = time.monotonic() - started
-    assert took < 60, f"--smoke took {took:.0f}s (phases: {result['phases_s']})"
+    print(f"--smoke took {took:.0f}s (phases: {result['phases_s']})")  # no timing assert in tests
     assert set(result["phases_s"]) == {"imports", "model_and_corpus", "register", "connect_ray", "deploy", "measure",
                                        "shutdown"}
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
