@@ -7,22 +7,26 @@ search corpus is *model-shaped*: the image embeddings of those scenes (rendered 
 grown to ``--vectors`` rows with perturbed copies -- each copy is a base row plus Gaussian noise scaled
 per dimension by the base rows' own spread (scale drawn in [0.15, 0.8], cosine to its source ~0.75-0.99),
 renormalised -- so the index has the clusters and anisotropy of real embeddings rather than uniform
-random vectors. It ships as the artifact's ``index/embeddings.npy`` + ``index/items.json``.
+random vectors. It is written as the version's corpus index, the way ``align index`` writes one (Parquet
+items, then the platform's ``index_written_items``): with the recipe's ``index`` settings, 100k vectors
+get the ANN index (above ``index.exact_max``), whose recall@10 against exact search is measured and
+reported.
 
 - **candidate**: the platform's real path. The artifact is registered in a throwaway SQLite MLflow,
   aliased ``champion`` and deployed with ``components.serving.deploy.deploy`` (Ray Serve, FastAPI,
-  ``@serve.batch`` with the recipe's ``serve.batch_size``/``batch_wait_s``, one replica with the
-  recipe's ``serve.replica_cpus``) on a local Ray head (an already-connected Ray is reused, as in the
-  integration test). Clients: ``concurrency`` threads, each with its own keep-alive ``httpx.Client``
+  ``@serve.batch`` with the recipe's ``serve.batch_size``/``batch_wait_s``, the recipe's
+  ``serve.num_replicas`` replicas of ``serve.replica_cpus`` each, or ``--replicas``) on a local Ray
+  head started with the recipe's ``ray.env`` (Serve's latency settings; an already-connected Ray is
+  reused as it is, as in the integration test). Clients: ``concurrency`` threads, each with its own keep-alive ``httpx.Client``
   (``trust_env=False``), POST ``/v1/search {"text", "k": 10}`` until a fixed number of requests is
   done, after a warm-up. Latency is per request, as the client sees it; QPS = requests / wall time.
   The clients run on the same 2 cores as the proxy and the replica, as a local user's would.
-- **baseline**: a bare in-process loop over the same artifact and the same vectors:
-  ``AlignEncoder.encode_texts([q])`` + ``faiss.IndexFlatIP.search`` one query at a time, and a batched
+- **baseline**: a bare in-process loop over the same artifact and the same faiss index file the replica
+  serves: ``AlignEncoder.encode_texts([q])`` + ``index.search`` one query at a time, and a batched
   variant (``serve.batch_size`` queries per encode + search call; each query's latency is its batch's).
   Measured with 1 and 2 torch/faiss threads; the best one is the baseline (strict against ourselves).
 - **breakdown**: per concurrency, the replica's own mean time per request (from its ``/metrics``
-  histogram: batching wait + encode + search + JSON), its mean encoder batch size, and the CPU time per
+  histogram: batching wait + encode + search + JSON), its mean search batch size, and the CPU time per
   request of the replica, the proxy, the controller, the clients and the rest of the machine (psutil;
   actor PIDs from Ray's GCS); the background CPU of an idle deployment; and the floor of the Serve +
   HTTP path itself, ``GET /healthz`` (no model work), at concurrency 1 and 8.
@@ -130,11 +134,10 @@ def perturbed_corpus(base: np.ndarray, total: int, seed: int) -> np.ndarray:
     return out
 
 
-def write_artifact(cfg, artifact_dir: Path, base_images: int, vectors: int, seed: int) -> dict:
-    """Save the model artifact with a ``vectors``-row index; returns facts about the corpus."""
+def write_artifact(cfg, artifact_dir: Path, base_images: int, vectors: int, seed: int) -> tuple[dict, np.ndarray, list[str]]:
+    """Save the model artifact; returns facts about the corpus, its embeddings and their captions."""
     from components.data.scenes import draw_scene
     from components.model.artifact import AlignEncoder, save_artifact
-    from components.serving.index import EMBEDDINGS_FILE, ITEMS_FILE
 
     scenes, captions = scenes_and_captions(base_images, seed)
     model, tokenizer = build_model(cfg, captions)
@@ -143,16 +146,11 @@ def write_artifact(cfg, artifact_dir: Path, base_images: int, vectors: int, seed
     base = AlignEncoder(model, tokenizer).encode_images([draw_scene(s, CORPUS_IMAGE_SIZE) for s in scenes])
     encode_s = time.perf_counter() - started
     embeddings = perturbed_corpus(base, vectors, seed + 1)
-    (artifact_dir / "index").mkdir(exist_ok=True)
-    np.save(artifact_dir / EMBEDDINGS_FILE, embeddings, allow_pickle=False)
-    items = [{"id": f"img-{i:06d}", "caption": captions[i if i < base_images else i % base_images],
-              "uri": f"synthetic://bench/{i:06d}.jpg"} for i in range(vectors)]
-    (artifact_dir / ITEMS_FILE).write_text(json.dumps(items))
     pairs = base @ base.T
     off_diagonal = pairs[np.triu_indices(len(base), 1)]
     copies = embeddings[base_images:base_images + 2000]  # a sample of the copies
     nearest = (copies @ base.T).max(axis=1) if len(copies) else np.zeros(0)
-    return {
+    facts = {
         "base_images": base_images,
         "vectors": vectors,
         "dim": int(embeddings.shape[1]),
@@ -162,6 +160,36 @@ def write_artifact(cfg, artifact_dir: Path, base_images: int, vectors: int, seed
         "copy_to_nearest_base_cosine_mean": round(float(nearest.mean()), 3) if len(nearest) else None,
         "noise_scale_range": list(_NOISE_RANGE),
     }
+    return facts, embeddings, [captions[i % base_images] for i in range(vectors)]
+
+
+def write_corpus_index(cfg, version: str, embeddings: np.ndarray, captions: list[str]) -> tuple[str, object]:
+    """The version's corpus index, as ``align index`` writes it: Parquet items, then the platform's own
+    ``index_written_items`` builds the faiss index the config asks for (ANN above ``index.exact_max``,
+    recall@10 measured) and the manifest. Tagged on the version, so replicas load it as in production."""
+    import mlflow
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from components.registry.store import INDEX_TAG
+    from components.serving.corpus_index import ITEMS_DIR, index_uri, index_written_items
+
+    uri = index_uri(cfg.storage.indexes_uri, cfg.registry.model_name, version, "synthetic://serving-bench")
+    items = Path(uri) / ITEMS_DIR
+    items.mkdir(parents=True)
+    dim = embeddings.shape[1]
+    table = pa.table({
+        "id": pa.array([f"img-{i:06d}" for i in range(len(embeddings))]),
+        "caption": pa.array(captions),
+        "image": pa.array([b""] * len(embeddings), pa.binary()),  # the bench never fetches images
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embeddings.ravel()), dim),
+        "error": pa.array([""] * len(embeddings)),
+    })
+    pq.write_table(table, items / "part-00000.parquet", row_group_size=cfg.index.rows_per_group)
+    manifest = index_written_items(cfg.index, uri, cfg.registry.model_name, version, "synthetic://serving-bench")
+    mlflow.MlflowClient(tracking_uri=cfg.storage.tracking_uri).set_model_version_tag(
+        cfg.registry.model_name, version, INDEX_TAG, uri)
+    return uri, manifest
 
 
 def register(cfg, artifact_dir: Path, embed_dim: int) -> str:
@@ -187,7 +215,7 @@ def register(cfg, artifact_dir: Path, embed_dim: int) -> str:
 
 
 def bare_loop(encoder, index, queries: list[str], n: int, warmup: int, threads: int, batch: int = 1) -> dict:
-    """``encode_texts`` + flat inner-product ``search``, ``batch`` queries per call, in this process."""
+    """``encode_texts`` + ``index.search`` (the served faiss index), ``batch`` queries per call, in this process."""
     import faiss
     import torch
 
@@ -275,11 +303,11 @@ def drive(clients: list, send: Callable, n: int, check: Callable, connect_first:
 
 
 def replica_counters(http, url: str) -> dict[str, float]:
-    """Sums and counts of the replica's search latency and text batch-size histograms."""
+    """Sums and counts of the replica's search latency and search batch-size histograms."""
     wanted = {('align_serve_request_seconds_sum', 'endpoint="/v1/search"'): "latency_sum",
               ('align_serve_request_seconds_count', 'endpoint="/v1/search"'): "latency_count",
-              ('align_serve_encoder_batch_size_sum', 'modality="text"'): "batch_sum",
-              ('align_serve_encoder_batch_size_count', 'modality="text"'): "batch_count"}
+              ('align_serve_encoder_batch_size_sum', 'modality="search"'): "batch_sum",
+              ('align_serve_encoder_batch_size_count', 'modality="search"'): "batch_count"}
     out = dict.fromkeys(wanted.values(), 0.0)
     for line in http.get(f"{url}/metrics").text.splitlines():
         name, _, rest = line.partition("{")
@@ -290,40 +318,45 @@ def replica_counters(http, url: str) -> dict[str, float]:
     return out
 
 
-def serve_processes() -> dict[str, int]:
-    """PIDs of this cluster's replica, proxy and controller (best effort: Ray's GCS actor table)."""
+def serve_processes() -> dict[str, list[int]]:
+    """PIDs of this cluster's replicas, proxy and controller (best effort: Ray's GCS actor table)."""
     try:
         from ray._private.state import actors
 
         table = actors(actor_state_name="ALIVE")
     except Exception:  # noqa: BLE001 -- a private API; the CPU breakdown is optional
         return {}
-    roles = {"replica": f"ServeReplica:{APP_NAME}:", "proxy": "ProxyActor", "controller": "ServeController"}
-    return {role: info["Pid"] for info in table.values() for role, prefix in roles.items()
-            if info["ActorClassName"].startswith(prefix) and info["Pid"]}
+    roles = {"replicas": f"ServeReplica:{APP_NAME}:", "proxy": "ProxyActor", "controller": "ServeController"}
+    out: dict[str, list[int]] = {}
+    for info in table.values():
+        for role, prefix in roles.items():
+            if info["ActorClassName"].startswith(prefix) and info["Pid"]:
+                out.setdefault(role, []).append(info["Pid"])
+    return out
 
 
 class CpuMeter:
-    """CPU seconds used by the serving processes, by this (client) process and by the whole machine."""
+    """CPU seconds used by the serving processes (summed per role), by this (client) process and by the
+    whole machine."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, list[int]]) -> None:
         import psutil
 
         self.psutil = psutil
-        self.processes = {}
-        for role, pid in pids.items():
-            try:
-                self.processes[role] = psutil.Process(pid)
-            except psutil.NoSuchProcess:
-                pass
-        self.processes["client"] = psutil.Process()
+        self.processes: dict[str, list] = {}
+        for role, role_pids in pids.items():
+            for pid in role_pids:
+                try:
+                    self.processes.setdefault(role, []).append(psutil.Process(pid))
+                except psutil.NoSuchProcess:
+                    pass
+        self.processes["client"] = [psutil.Process()]
 
     def snapshot(self) -> dict[str, float]:
         out = {}
-        for role, process in self.processes.items():
+        for role, processes in self.processes.items():
             try:
-                times = process.cpu_times()
-                out[role] = times.user + times.system
+                out[role] = sum(t.user + t.system for t in (process.cpu_times() for process in processes))
             except self.psutil.NoSuchProcess:
                 out[role] = float("nan")
         machine = self.psutil.cpu_times()
@@ -384,13 +417,13 @@ def serving_runs(url: str, queries: list[str], concurrencies: list[int], n: int,
                     client.close()
             delta = {key: after[key] - before[key] for key in after}
             run["replica_mean_ms"] = round(1e3 * delta["latency_sum"] / max(1.0, delta["latency_count"]), 2)
-            run["mean_text_batch"] = round(delta["batch_sum"] / max(1.0, delta["batch_count"]), 2)
+            run["mean_search_batch"] = round(delta["batch_sum"] / max(1.0, delta["batch_count"]), 2)
             run["cpu_ms_per_request"] = meter.per_request_ms(cpu_before, cpu_after, n)
             run["disturbed"] = disturbed(run["cpu_ms_per_request"])
             run["load_1m"] = _load()
             results["search"][str(concurrency)] = run
             print(f"  serve c={concurrency:<3d} p50 {run['p50_ms']:7.2f} ms  p99 {run['p99_ms']:7.2f} ms  "
-                  f"{run['qps']:7.1f} QPS  (in replica {run['replica_mean_ms']} ms, batch {run['mean_text_batch']}, "
+                  f"{run['qps']:7.1f} QPS  (in replica {run['replica_mean_ms']} ms, batch {run['mean_search_batch']}, "
                   f"failures {run['failures']}{', DISTURBED' if run['disturbed'] else ''})\n"
                   f"        CPU ms per request: {run['cpu_ms_per_request']}", flush=True)
         for concurrency in sorted({1, min(8, max(concurrencies))}):
@@ -412,7 +445,7 @@ def serving_runs(url: str, queries: list[str], concurrencies: list[int], n: int,
 
 
 def _median_runs(runs: list[dict]) -> dict:
-    keys = ("p50_ms", "p99_ms", "mean_ms", "qps", "replica_mean_ms", "mean_text_batch", "encode_p50_ms", "search_p50_ms")
+    keys = ("p50_ms", "p99_ms", "mean_ms", "qps", "replica_mean_ms", "mean_search_batch", "encode_p50_ms", "search_p50_ms")
     out = {key: round(statistics.median(r[key] for r in runs), 2) for key in keys if key in runs[0]}
     if "failures" in runs[0]:
         out["failures"] = sum(r["failures"] for r in runs)
@@ -467,7 +500,7 @@ def print_table(summary: dict) -> None:
               f"   (encode {run['encode_p50_ms']} ms, search {run['search_p50_ms']} ms per call)")
     for c, run in summary["serving_search"].items():
         print(f"{'serve /v1/search, concurrency ' + c:<44} {run['p50_ms']:8.2f} {run['p99_ms']:8.2f} {run['qps']:8.1f}"
-              f"   (in replica {run['replica_mean_ms']} ms, text batch {run['mean_text_batch']})")
+              f"   (in replica {run['replica_mean_ms']} ms, search batch {run['mean_search_batch']})")
     for c, run in summary["serving_healthz"].items():
         print(f"{'serve /healthz (no model work), concurrency ' + c:<44} {run['p50_ms']:8.2f} {run['p99_ms']:8.2f} {run['qps']:8.1f}")
     print("\nCPU ms per request (median over rounds):")
@@ -515,6 +548,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--concurrency", default="1,4,8,16", help="comma-separated client concurrencies")
     parser.add_argument("--rounds", type=int, default=3, help="alternating baseline/serving rounds; median reported")
+    parser.add_argument("--replicas", type=int, default=0, help="serving replicas (default: the recipe's serve.num_replicas)")
     parser.add_argument("--smoke", action="store_true", help="tiny corpus, few requests, concurrency 1,2 (< 60 s)")
     parser.add_argument("--out", default=None, help=f"results JSON (default {DEFAULT_OUT}; none with --smoke)")
     args = parser.parse_args(argv)
@@ -536,13 +570,12 @@ def main(argv: list[str] | None = None) -> dict:
         clock[0] = now
 
     started = clock[0]
-    import faiss
-
     from components.config import load_config
     from components.model.artifact import load_encoder
     from components.runtime.ray_cluster import free_port, stop_local_head
+    from components.serving.ann import load_index
+    from components.serving.corpus_index import INDEX_FILE
     from components.serving.deploy import deploy
-    from components.serving.index import EMBEDDINGS_FILE
 
     phase("imports")
     loads = {"start": _load()}
@@ -550,16 +583,22 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = Path(tmp_name)
         cfg = load_config(None, overrides=[f"storage.home={tmp / 'home'}"])
         artifact_dir = tmp / "artifact"
-        corpus = write_artifact(cfg, artifact_dir, args.base_images, args.vectors, cfg.seed)
+        corpus, embeddings, captions = write_artifact(cfg, artifact_dir, args.base_images, args.vectors, cfg.seed)
         _, queries = scenes_and_captions(256, cfg.seed + 1000)  # unseen captions of new scenes
         encoder = load_encoder(artifact_dir)
-        index = faiss.IndexFlatIP(corpus["dim"])
-        index.add(np.load(artifact_dir / EMBEDDINGS_FILE))
         print(f"corpus: {corpus}", flush=True)
         phase("model_and_corpus")
         version = register(cfg, artifact_dir, corpus["dim"])
-        serve_cfg = cfg.serve.model_copy(update={"port": free_port(), "app_name": APP_NAME, "ready_timeout_s": 300.0})
         phase("register")
+        index_location, manifest = write_corpus_index(cfg, version, embeddings, captions)
+        index = load_index(Path(index_location) / INDEX_FILE)  # the very index the replica serves
+        corpus |= {"index": manifest.spec, "index_recall_at_10": manifest.recall_at_10,
+                   "index_build_s": manifest.build_s}
+        print(f"index: {manifest.spec}, recall@10 vs exact {manifest.recall_at_10}, built in {manifest.build_s} s",
+              flush=True)
+        phase("index")
+        serve_cfg = cfg.serve.model_copy(update={"port": free_port(), "app_name": APP_NAME, "ready_timeout_s": 300.0,
+                                                 "num_replicas": args.replicas or cfg.serve.num_replicas})
 
         from ray import serve
 

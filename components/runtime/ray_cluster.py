@@ -75,7 +75,8 @@ def ensure_local_head(cfg: AlignConfig) -> str:
         "--disable-usage-stats",
     ]
     log.info("starting a local Ray head: %s", " ".join(command))
-    done = subprocess.run(command, env=_auth_env(), capture_output=True, text=True, timeout=300)
+    env = dict(cfg.ray.env) | _auth_env()  # the caller's environment wins over the config's defaults
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         raise RuntimeError(f"`ray start --head` failed ({done.returncode}):\n{done.stderr[-3000:]}")
     address = f"127.0.0.1:{port}"

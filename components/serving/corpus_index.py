@@ -123,8 +123,6 @@ def build_corpus_index(
     registered version and index it; returns the index URI and its manifest (reused if built before)."""
     import ray
 
-    from components.serving.ann import build_faiss_index, choose_index_spec, default_ann_spec, recall_at_k, save_index
-
     started = time.monotonic()
     uri = index_uri(indexes_uri, model_name, model_version, source_uri)
     if exists(join_uri(uri, MANIFEST_FILE)):
@@ -139,14 +137,14 @@ def build_corpus_index(
         num_cpus=1,
     )
     embedded.write_parquet(join_uri(uri, ITEMS_DIR), row_group_size=cfg.rows_per_group)
+    return uri, index_written_items(cfg, uri, model_name, model_version, source_uri, started)
 
-    table, _ = _read_columns(uri, ["embedding", "error"])
-    ok = np.asarray([error == "" for error in table.column("error").to_pylist()])
-    dim = table.schema.field("embedding").type.list_size
-    flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    embeddings = np.ascontiguousarray(flat.reshape(-1, dim)[ok], dtype=np.float32)
-    if embeddings.shape[0] == 0:
-        raise ValueError(f"no image of {source_uri} could be embedded; see {join_uri(uri, ITEMS_DIR)} (column error)")
+
+def search_index(cfg: IndexConfig, embeddings: np.ndarray) -> tuple[object, str, float | None]:
+    """(faiss index, factory spec, ANN recall@10 against exact search or None) for unit-row embeddings."""
+    from components.serving.ann import build_faiss_index, choose_index_spec, default_ann_spec, recall_at_k
+
+    dim = embeddings.shape[1]
     ann_spec = default_ann_spec(dim) if cfg.ann_spec == "auto" else cfg.ann_spec
     spec = choose_index_spec(embeddings.shape[0], dim, cfg.exact_max, ann_spec)
     index = build_faiss_index(
@@ -159,6 +157,28 @@ def build_corpus_index(
         rng = np.random.default_rng(0)
         sample = embeddings[rng.choice(len(embeddings), min(cfg.recall_queries, len(embeddings)), replace=False)]
         recall = float(recall_at_k(index, embeddings, sample, k=10))
+    return index, spec, recall
+
+
+def index_written_items(
+    cfg: IndexConfig, uri: str, model_name: str, model_version: str, source_uri: str, started: float | None = None
+) -> IndexManifest:
+    """Index the embeddings already written under ``<uri>/items/`` and write ``index.faiss`` + the manifest.
+
+    The second half of ``build_corpus_index``; a corpus embedded elsewhere (a benchmark's synthetic one)
+    becomes a servable index through the same code.
+    """
+    from components.serving.ann import save_index
+
+    started = time.monotonic() if started is None else started  # build_s counts from here or the caller's start
+    table, _ = _read_columns(uri, ["embedding", "error"])
+    ok = np.asarray([error == "" for error in table.column("error").to_pylist()])
+    dim = table.schema.field("embedding").type.list_size
+    flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    embeddings = np.ascontiguousarray(flat.reshape(-1, dim)[ok], dtype=np.float32)
+    if embeddings.shape[0] == 0:
+        raise ValueError(f"no image of {source_uri} could be embedded; see {join_uri(uri, ITEMS_DIR)} (column error)")
+    index, spec, recall = search_index(cfg, embeddings)
     with tempfile.TemporaryDirectory(prefix="align-index-") as tmp:
         save_index(index, Path(tmp) / INDEX_FILE)
         write_bytes(join_uri(uri, INDEX_FILE), (Path(tmp) / INDEX_FILE).read_bytes())
@@ -176,7 +196,7 @@ def build_corpus_index(
         build_s=round(time.monotonic() - started, 2),
     )
     write_json(join_uri(uri, MANIFEST_FILE), asdict(manifest))  # written last: its presence means "complete"
-    return uri, manifest
+    return manifest
 
 
 def load_manifest(uri: str) -> IndexManifest:

@@ -19,6 +19,7 @@ from components.serving.client import SearchError, health
 from components.serving.searcher import Loader
 
 _POLL_S = 0.5
+CONFIRMATIONS_PER_REPLICA = 8
 
 
 def endpoint_url(serve_cfg: ServeConfig) -> str:
@@ -59,20 +60,33 @@ def _app_status(app_name: str) -> tuple[str, str]:
     return str(getattr(app.status, "value", app.status)), app.message
 
 
+def replica_count(serve_cfg: ServeConfig) -> int:
+    """The most replicas the app can run: each one follows the champion on its own."""
+    return serve_cfg.autoscaling.max_replicas if serve_cfg.autoscaling is not None else serve_cfg.num_replicas
+
+
 def wait_until_ready(
     url: str,
     *,
     timeout_s: float,
     expected_version: str | None = None,
     app_name: str | None = None,
+    replicas: int = 1,
 ) -> dict[str, Any]:
     """Poll ``GET {url}/healthz`` until it reports ``expected_version`` (any, if None).
 
     With ``app_name`` the Serve app must also be ``RUNNING`` (so a redeploy is not declared ready
     by an old replica), and a ``DEPLOY_FAILED`` app fails at once with Serve's message.
+
+    Replicas following the champion swap each on its own, and HTTP cannot pick the replica that
+    answers; with ``replicas`` > 1 the version must therefore come back ``CONFIRMATIONS_PER_REPLICA``
+    times per replica in a row. Serve sends an idle app's requests to a random replica, so a replica
+    still on the old version goes unseen that long with probability (1 - 1/n)^(8n) < e^-8 (3e-4).
     """
     deadline = time.monotonic() + timeout_s
     last = "no answer yet"
+    needed = 1 if replicas <= 1 or expected_version is None else CONFIRMATIONS_PER_REPLICA * replicas
+    confirmed = 0
     while True:
         status = "RUNNING"
         if app_name is not None:
@@ -83,7 +97,11 @@ def wait_until_ready(
             body = health(url, timeout_s=min(5.0, max(0.5, deadline - time.monotonic())))
             version = str(body.get("model_version"))
             if status == "RUNNING" and (expected_version is None or version == str(expected_version)):
-                return body
+                confirmed += 1
+                if confirmed >= needed:
+                    return body
+                continue
+            confirmed = 0
             last = f"model version {version}, app status {status}"
         except (httpx.HTTPError, SearchError) as exc:
             last = f"{type(exc).__name__}: {exc}"
@@ -127,7 +145,7 @@ def deploy(
     try:
         wait_until_ready(
             url, timeout_s=serve_cfg.ready_timeout_s, expected_version=model_version or expect_version,
-            app_name=serve_cfg.app_name,
+            app_name=serve_cfg.app_name, replicas=replica_count(serve_cfg),
         )
     except TimeoutError as exc:
         raise TimeoutError(
@@ -156,7 +174,8 @@ def ensure_serving(
     if status == "RUNNING" and serve_cfg.follow_champion_s > 0:
         try:
             if not httpx.get(f"{url}/v1/model", timeout=5, trust_env=False).json().get("pinned", True):
-                wait_until_ready(url, timeout_s=serve_cfg.ready_timeout_s, expected_version=expect_version)
+                wait_until_ready(url, timeout_s=serve_cfg.ready_timeout_s, expected_version=expect_version,
+                                 replicas=replica_count(serve_cfg))
                 return url
         except (httpx.HTTPError, ValueError):
             pass  # not answering like a following app: redeploy below

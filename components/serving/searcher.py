@@ -62,6 +62,27 @@ def compose_query(base: np.ndarray, modifiers: Sequence[tuple[np.ndarray, float]
 
 
 @dataclass(frozen=True)
+class SearchQuery:
+    """One search request: a text, an image, or an image plus weighted texts (ALIGN's arithmetic).
+
+    ``texts`` are encoded in order; with an image every text is a modifier weighted by ``weights``,
+    without one the first text is the base and ``weights`` go with the texts after it.
+    """
+
+    texts: tuple[str, ...]
+    weights: tuple[float, ...]
+    image: Any = None
+    k: int = 10
+
+    def __post_init__(self) -> None:
+        modifiers = len(self.texts) - (0 if self.image is not None else 1)
+        if modifiers < 0:
+            raise ValueError("a search query needs a text or an image")
+        if len(self.weights) != modifiers:
+            raise ValueError(f"{modifiers} modifier texts but {len(self.weights)} weights")
+
+
+@dataclass(frozen=True)
 class ServingModel:
     model_name: str
     model_version: str
@@ -104,6 +125,38 @@ class ServingModel:
                 hits.append({"id": item.id, "score": float(score), "caption": item.caption,
                              "image_url": f"v1/images/{quote(item.id, safe='')}", "rank": len(hits) + 1})
             out.append(hits)
+        return out
+
+    def run_queries(self, queries: Sequence[SearchQuery]) -> list[list[dict[str, Any]] | ValueError]:
+        """Answer many queries with one text-encoder call, one image-encoder call and one index search.
+
+        Per-query failures (modifiers that cancel the query out) come back as ``ValueError`` in that
+        query's slot, so one bad query never fails the others batched with it.
+        """
+        texts = [text for query in queries for text in query.texts]
+        images = [query.image for query in queries if query.image is not None]
+        text_vectors = self.embed_texts(texts) if texts else np.zeros((0, self.index.dim), np.float32)
+        image_vectors = self.embed_images(images) if images else np.zeros((0, self.index.dim), np.float32)
+        out: list[Any] = [None] * len(queries)
+        composed, positions, ks = [], [], []
+        next_text = next_image = 0
+        for position, query in enumerate(queries):
+            vectors = text_vectors[next_text:next_text + len(query.texts)]
+            next_text += len(query.texts)
+            if query.image is not None:
+                base, next_image = image_vectors[next_image], next_image + 1
+            else:
+                base, vectors = vectors[0], vectors[1:]
+            try:
+                composed.append(compose_query(base, list(zip(vectors, query.weights, strict=True))))
+            except ValueError as exc:
+                out[position] = exc
+                continue
+            positions.append(position)
+            ks.append(query.k)
+        if composed:
+            for position, hits in zip(positions, self.search(np.stack(composed), ks), strict=True):
+                out[position] = hits
         return out
 
     def classify(self, image_emb: np.ndarray, class_emb: np.ndarray) -> np.ndarray:

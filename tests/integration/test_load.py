@@ -25,7 +25,7 @@ from PIL import Image
 
 from components.config import RegistryConfig, ServeConfig
 from components.runtime.ray_cluster import free_port
-from components.serving.deploy import deploy, shutdown_app, wait_until_ready
+from components.serving.deploy import deploy, replica_count, shutdown_app, wait_until_ready
 from tests.serving_fakes import CAPTIONS, fake_embed, make_registry, set_alias
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -151,8 +151,10 @@ def service(ray_session, tmp_path_factory):
     from ray import serve
 
     root = make_registry(tmp_path_factory.mktemp("load-registry"), {"1": {}, "2": {"load_delay_s": V2_LOAD_S}})
+    # One replica: it swaps one reference, so each client's versions must be monotonic (checked below).
+    # Several replicas follow the alias each on its own; tests/integration/test_serving.py runs the default two.
     cfg = ServeConfig(host="127.0.0.1", port=free_port(), app_name="align-load", max_k=MAX_K, ready_timeout_s=60,
-                      follow_champion_s=FOLLOW_S)
+                      follow_champion_s=FOLLOW_S, num_replicas=1)
     url = deploy(cfg, RegistryConfig(model_name="align"), str(root), loaders=LOADERS)
     yield SimpleNamespace(url=url, cfg=cfg, root=root)
     shutdown_app(cfg)
@@ -247,6 +249,6 @@ def test_bounded_load_with_a_promotion_has_no_failures(service):
         if "2" in seen:
             assert "1" not in seen[seen.index("2"):], f"worker {w} went back to version 1: {seen}"
     assert max(state.latencies) < 10.0, f"a request took {max(state.latencies):.1f}s"
-    body = wait_until_ready(service.url, timeout_s=10, expected_version="2")
+    body = wait_until_ready(service.url, timeout_s=10, expected_version="2", replicas=replica_count(service.cfg))
     assert body["model_version"] == "2"
     assert httpx.get(f"{service.url}/v1/model", timeout=10, trust_env=False).json()["last_swap_error"] == ""

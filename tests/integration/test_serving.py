@@ -14,7 +14,7 @@ import pytest
 
 from components.config import RegistryConfig, ServeConfig
 from components.serving import client
-from components.serving.deploy import deploy, endpoint_url, shutdown_app
+from components.serving.deploy import deploy, endpoint_url, replica_count, shutdown_app
 from tests.serving_fakes import CAPTIONS, make_registry, set_alias
 from components.runtime.ray_cluster import free_port
 
@@ -136,7 +136,7 @@ def test_moving_the_champion_alias_swaps_serving_in_place_under_load(served):
 
     def promote():
         set_alias(served.root, "champion", "2")
-        wait_until_ready(served.url, timeout_s=30, expected_version="2")
+        wait_until_ready(served.url, timeout_s=30, expected_version="2", replicas=replica_count(served.cfg))
 
     answers, failures, latencies, took = _load(served.url, 20, promote)
     assert failures == []

@@ -175,3 +175,9 @@ def test_the_default_ann_recipe_fits_any_even_dimension():
         spec = default_ann_spec(dim)
         assert choose_index_spec(200_000, dim, 100_000, spec) == spec  # validated by faiss at that dim
     assert default_ann_spec(161) == "IVF1024,Flat"
+
+
+def test_config_default_matches_the_ann_module_default():
+    from components.config import IndexConfig
+
+    assert IndexConfig().exact_max == ann.DEFAULT_EXACT_MAX

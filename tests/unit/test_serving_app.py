@@ -14,7 +14,7 @@ from components.config import ServeConfig
 from components.serving.app import ServingDeployment
 from components.serving.deploy import _require_loopback, endpoint_url, wait_until_ready
 from components.serving.http import http_api
-from components.serving.searcher import compose_query, load_serving_model, resolve_callable, unit
+from components.serving.searcher import SearchQuery, compose_query, load_serving_model, resolve_callable, unit
 from tests.serving_fakes import CAPTIONS, FakeEncoder, fake_embed, make_registry, set_alias
 
 LOADERS = {
@@ -103,6 +103,27 @@ def test_modifiers_that_cancel_the_query_are_refused(http):
     body = {"text": CAPTIONS[1], "modifiers": [{"text": CAPTIONS[1], "weight": -1.0}]}
     response = http.post("/v1/search", json=body)
     assert response.status_code == 422 and "cancel" in response.json()["detail"]
+
+
+def test_a_batch_of_mixed_searches_answers_each_as_alone_and_isolates_a_bad_one(replica):
+    model = replica.model
+    image = Image.open(io.BytesIO(_png(red=11))).convert("RGB")
+    queries = [
+        SearchQuery((CAPTIONS[7],), (), None, 3),
+        SearchQuery((), (), image, 2),
+        SearchQuery((CAPTIONS[1], CAPTIONS[1]), (-1.0,), None, 3),  # cancels out
+        SearchQuery((CAPTIONS[4], CAPTIONS[11]), (2.0, -2.0), image, 4),
+    ]
+    batched = model.run_queries(queries)
+    assert isinstance(batched[2], ValueError) and "cancel" in str(batched[2])
+    for position in (0, 1, 3):
+        assert batched[position] == model.run_queries([queries[position]])[0]
+    assert [len(batched[p]) for p in (0, 1, 3)] == [3, 2, 4]
+    assert batched[0][0]["id"] == "item-7" and batched[1][0]["id"] == "item-11" and batched[3][0]["id"] == "item-4"
+    with pytest.raises(ValueError, match="weights"):
+        SearchQuery(("a", "b"), (), None, 3)
+    with pytest.raises(ValueError, match="text or an image"):
+        SearchQuery((), (), None, 3)
 
 
 def test_embed_texts_and_images_as_json_and_multipart(http):
@@ -286,6 +307,31 @@ def test_wait_until_ready_times_out_naming_the_url():
     url = f"http://127.0.0.1:{port}"
     with pytest.raises(TimeoutError, match=f"{url}/healthz was not model version 3"):
         wait_until_ready(url, timeout_s=1.0, expected_version="3")
+
+
+def test_waiting_for_a_version_hears_it_often_enough_to_cover_every_replica(monkeypatch):
+    from components.serving import deploy as deploy_module
+
+    def replay(versions):
+        answers, calls = iter(versions), []
+
+        def fake_health(url, timeout_s):
+            calls.append(url)
+            return {"status": "ok", "model_version": next(answers)}
+
+        monkeypatch.setattr(deploy_module, "health", fake_health)
+        return calls
+
+    monkeypatch.setattr(deploy_module, "_POLL_S", 0.0)
+    # Two replicas: the second still answers version 1 after the first one swapped.
+    calls = replay(["2", "1", "2", "2", "1"] + ["2"] * 40)
+    assert wait_until_ready("http://x", timeout_s=5, expected_version="2", replicas=2)["model_version"] == "2"
+    assert len(calls) == 5 + 2 * deploy_module.CONFIRMATIONS_PER_REPLICA
+    calls = replay(["1", "2", "1"])
+    assert wait_until_ready("http://x", timeout_s=5, expected_version="2", replicas=1)["model_version"] == "2"
+    assert len(calls) == 2
+    assert deploy_module.replica_count(ServeConfig()) == ServeConfig().num_replicas
+    assert deploy_module.replica_count(ServeConfig(autoscaling={"min_replicas": 1, "max_replicas": 3})) == 3
 
 
 def test_app_builder_for_declarative_configs_needs_no_cluster():
