@@ -113,7 +113,7 @@ class ServingDeployment:
         self._swap_lock = asyncio.Lock()
         self.last_swap_error = ""
         self._embed_texts_batch, self._embed_images_batch = self._embed_texts_now, self._embed_images_now
-        self._search_batch = self._search_now
+        self._search_batch = self._search_one
         if self.cfg.batch_size > 1:  # 1 turns batching off (batching also needs a Serve replica context)
             from ray import serve
 
@@ -219,6 +219,10 @@ class ServingDeployment:
                 out[p] = answer
         return out
 
+    async def _search_one(self, item: tuple[ServingModel, SearchQuery]) -> Any:
+        """The unbatched stand-in for ``_search_batch`` (``serve.batch_size`` 1, or no Serve replica)."""
+        return (await self._search_now([item]))[0]
+
     # Three queues for @serve.batch: searches, and texts and images embedded for /v1/embed and /v1/classify.
     async def _embed_texts_now(self, items: list[tuple[ServingModel, str]]) -> list[Any]:
         return await self._embed_grouped(items, "text")
@@ -273,8 +277,7 @@ class ServingDeployment:
         texts = ([text] if text is not None else []) + [m for m, _ in modifiers]
         weights = ([IMAGE_TEXT_WEIGHT] if image is not None and text is not None else []) + [w for _, w in modifiers]
         query = SearchQuery(tuple(texts), tuple(weights), image, k)
-        answer = await self._search_batch((model, query)) if self._search_batch != self._search_now else (
-            await self._search_now([(model, query)]))[0]
+        answer = await self._search_batch((model, query))
         if isinstance(answer, ValueError):  # the modifiers cancel the query out
             from fastapi import HTTPException
 
