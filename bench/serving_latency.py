@@ -25,7 +25,7 @@ reported.
   serves: ``AlignEncoder.encode_texts([q])`` + ``index.search`` one query at a time, and a batched
   variant (``serve.batch_size`` queries per encode + search call; each query's latency is its batch's).
   Measured with 1 and 2 torch/faiss threads; the best one is the baseline (strict against ourselves).
-- **breakdown**: per concurrency, the replica's own mean time per request (from its ``/metrics``
+- **breakdown**: per concurrency, the replica's own mean time per request (with one replica; from its ``/metrics``
   histogram: batching wait + encode + search + JSON), its mean search batch size, and the CPU time per
   request of the replica, the proxy, the controller, the clients and the rest of the machine (psutil;
   actor PIDs from Ray's GCS); the background CPU of an idle deployment; and the floor of the Serve +
@@ -375,7 +375,9 @@ def disturbed(cpu_ms_per_request: dict[str, float]) -> bool:
     return machine > 0 and cpu_ms_per_request.get("rest_of_machine", 0.0) / machine > DISTURBED_SHARE
 
 
-def serving_runs(url: str, queries: list[str], concurrencies: list[int], n: int, warmup: int) -> dict:
+def serving_runs(url: str, queries: list[str], concurrencies: list[int], n: int, warmup: int, replicas: int) -> dict:
+    """Client-side latency/QPS and CPU per request; the replica's own histograms only with one replica,
+    since ``/metrics`` answers from whichever replica Serve picks and two scrapes may come from two."""
     import httpx
 
     def search(client, i: int):
@@ -409,15 +411,17 @@ def serving_runs(url: str, queries: list[str], concurrencies: list[int], n: int,
             clients = [httpx.Client(timeout=30, trust_env=False) for _ in range(concurrency)]
             try:
                 drive(clients, search, warmup, check_search)
-                before, cpu_before = replica_counters(probe, url), meter.snapshot()
+                before = replica_counters(probe, url) if replicas == 1 else {}
+                cpu_before = meter.snapshot()
                 run = drive(clients, search, n, check_search, connect_first=False)  # warm-up opened them
-                cpu_after, after = meter.snapshot(), replica_counters(probe, url)
+                cpu_after = meter.snapshot()
+                after = replica_counters(probe, url) if replicas == 1 else {}
             finally:
                 for client in clients:
                     client.close()
             delta = {key: after[key] - before[key] for key in after}
-            run["replica_mean_ms"] = round(1e3 * delta["latency_sum"] / max(1.0, delta["latency_count"]), 2)
-            run["mean_search_batch"] = round(delta["batch_sum"] / max(1.0, delta["batch_count"]), 2)
+            run["replica_mean_ms"] = round(1e3 * delta["latency_sum"] / max(1.0, delta["latency_count"]), 2) if delta else None
+            run["mean_search_batch"] = round(delta["batch_sum"] / max(1.0, delta["batch_count"]), 2) if delta else None
             run["cpu_ms_per_request"] = meter.per_request_ms(cpu_before, cpu_after, n)
             run["disturbed"] = disturbed(run["cpu_ms_per_request"])
             run["load_1m"] = _load()
@@ -446,7 +450,7 @@ def serving_runs(url: str, queries: list[str], concurrencies: list[int], n: int,
 
 def _median_runs(runs: list[dict]) -> dict:
     keys = ("p50_ms", "p99_ms", "mean_ms", "qps", "replica_mean_ms", "mean_search_batch", "encode_p50_ms", "search_p50_ms")
-    out = {key: round(statistics.median(r[key] for r in runs), 2) for key in keys if key in runs[0]}
+    out = {key: round(statistics.median(r[key] for r in runs), 2) for key in keys if runs[0].get(key) is not None}
     if "failures" in runs[0]:
         out["failures"] = sum(r["failures"] for r in runs)
     if "cpu_ms_per_request" in runs[0]:
@@ -500,7 +504,8 @@ def print_table(summary: dict) -> None:
               f"   (encode {run['encode_p50_ms']} ms, search {run['search_p50_ms']} ms per call)")
     for c, run in summary["serving_search"].items():
         print(f"{'serve /v1/search, concurrency ' + c:<44} {run['p50_ms']:8.2f} {run['p99_ms']:8.2f} {run['qps']:8.1f}"
-              f"   (in replica {run['replica_mean_ms']} ms, search batch {run['mean_search_batch']})")
+              + (f"   (in replica {run['replica_mean_ms']} ms, search batch {run['mean_search_batch']})"
+                 if "replica_mean_ms" in run else ""))
     for c, run in summary["serving_healthz"].items():
         print(f"{'serve /healthz (no model work), concurrency ' + c:<44} {run['p50_ms']:8.2f} {run['p99_ms']:8.2f} {run['qps']:8.1f}")
     print("\nCPU ms per request (median over rounds):")
@@ -622,7 +627,7 @@ def main(argv: list[str] | None = None) -> dict:
                     print(f"  round {r + 1} bare {name}: p50 {run['p50_ms']} ms, {run['qps']} QPS "
                           f"(encode {run['encode_p50_ms']} ms, search {run['search_p50_ms']} ms)", flush=True)
                 load_baseline = _load()
-                serving = serving_runs(url, queries, concurrencies, args.requests, args.warmup)
+                serving = serving_runs(url, queries, concurrencies, args.requests, args.warmup, serve_cfg.num_replicas)
                 rounds.append({"baseline": baseline, "serving": serving,
                                "load_1m": {"after_baseline": load_baseline, "after_serving": _load()}})
             phase("measure")
