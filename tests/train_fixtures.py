@@ -10,6 +10,15 @@ from PIL import Image
 
 from components.config import AlignConfig, ModelConfig, StorageConfig, TextTowerConfig, TrainConfig
 
+# The smallest towers that still train, as config overrides: shared by the bench-script and lifecycle tests.
+TINY_MODEL_OVERRIDES = [
+    "model.train_preprocess=resize_short(40)|random_crop(32)|flip_lr",
+    "model.eval_preprocess=resize_short(40)|center_crop(32)",
+    "model.text.hidden_size=32",
+    "model.text.num_layers=1",
+    "model.text.num_heads=2",
+    "model.text.intermediate_size=64",
+]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 40)}
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from components.config import load_config
 from components.runtime.ray_cluster import free_port
+from tests.train_fixtures import TINY_MODEL_OVERRIDES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -20,12 +21,7 @@ TINY = [
     "filter.max_texts_per_image=10",
     "filter.vocab_top_n=400",
     "filter.resize_short_side=40",
-    "model.train_preprocess=resize_short(40)|random_crop(32)|flip_lr",
-    "model.eval_preprocess=resize_short(40)|center_crop(32)",
-    "model.text.hidden_size=32",
-    "model.text.num_layers=1",
-    "model.text.num_heads=2",
-    "model.text.intermediate_size=64",
+    *TINY_MODEL_OVERRIDES,
     "model.text.tokenizer_vocab_size=300",
     "train.global_batch_size=32",
     "train.steps=6",

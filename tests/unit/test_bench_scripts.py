@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from components.config import PROJECT_ROOT
+from tests.train_fixtures import TINY_MODEL_OVERRIDES
 
 
 def _load(name: str):
@@ -84,15 +85,7 @@ def test_gpu_bench_refuses_to_run_without_cuda(gpu_bench, tmp_path):
         gpu_bench.main(["--out", str(tmp_path / "x.json")])
 
 
-TINY = [
-    "model.image_tower=tinynet_e",
-    "model.train_preprocess=resize_short(40)|random_crop(32)|flip_lr",
-    "model.eval_preprocess=resize_short(40)|center_crop(32)",
-    "model.text.hidden_size=32",
-    "model.text.num_layers=1",
-    "model.text.num_heads=2",
-    "model.text.intermediate_size=64",
-]
+TINY = ["model.image_tower=tinynet_e", *TINY_MODEL_OVERRIDES]
 
 
 def test_train_bench_baselines_run_on_a_tiny_model(train_bench):
