@@ -195,29 +195,22 @@ class ServingDeployment:
 
     # --- batched encoders ------------------------------------------------------------------------------
 
-    async def _embed_grouped(self, items: list[tuple[ServingModel, Any]], modality: str) -> list[Any]:
-        """One encoder call per model snapshot in the batch (a swap mid-batch makes two groups)."""
-        self.metrics.batch_size.labels(modality).observe(len(items))
+    async def _per_model(self, items: list[tuple[ServingModel, Any]], label: str, work: str) -> list[Any]:
+        """Run ``ServingModel.<work>`` once per model snapshot in the batch, in a worker thread (a swap
+        mid-batch makes two groups, so no answer mixes versions); answers come back in item order."""
         out: list[Any] = [None] * len(items)
         for positions in _group_by_model(items).values():
             model = items[positions[0]][0]
-            embed = model.embed_texts if modality == "text" else model.embed_images
-            vectors = await asyncio.to_thread(embed, [items[p][1] for p in positions])
-            for p, vector in zip(positions, vectors, strict=True):
-                out[p] = vector
+            self.metrics.batch_size.labels(label).observe(len(positions))
+            answers = await asyncio.to_thread(getattr(model, work), [items[p][1] for p in positions])
+            for p, answer in zip(positions, answers, strict=True):
+                out[p] = answer
         return out
 
     async def _search_now(self, items: list[tuple[ServingModel, SearchQuery]]) -> list[Any]:
-        """A batch of searches: per model snapshot, one worker-thread call that encodes every text, every
-        image and searches the index once for all of them (one thread hop, BLAS-sized index scans)."""
-        out: list[Any] = [None] * len(items)
-        for positions in _group_by_model(items).values():
-            model = items[positions[0]][0]
-            queries = [items[p][1] for p in positions]
-            self.metrics.batch_size.labels("search").observe(len(queries))
-            for p, answer in zip(positions, await asyncio.to_thread(model.run_queries, queries), strict=True):
-                out[p] = answer
-        return out
+        """A batch of searches: per model snapshot one call encodes every text and image and searches the
+        index once for all of them (one thread hop, BLAS-sized index scans)."""
+        return await self._per_model(items, "search", "run_queries")
 
     async def _search_one(self, item: tuple[ServingModel, SearchQuery]) -> Any:
         """The unbatched stand-in for ``_search_batch`` (``serve.batch_size`` 1, or no Serve replica)."""
@@ -225,10 +218,10 @@ class ServingDeployment:
 
     # Three queues for @serve.batch: searches, and texts and images embedded for /v1/embed and /v1/classify.
     async def _embed_texts_now(self, items: list[tuple[ServingModel, str]]) -> list[Any]:
-        return await self._embed_grouped(items, "text")
+        return await self._per_model(items, "text", "embed_texts")
 
     async def _embed_images_now(self, items: list[tuple[ServingModel, Any]]) -> list[Any]:
-        return await self._embed_grouped(items, "image")
+        return await self._per_model(items, "image", "embed_images")
 
     async def _embed(self, model: ServingModel, inputs: list[Any], modality: str) -> list[Any]:
         batched, direct = (

@@ -26,7 +26,7 @@ class ServingMetrics:
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         self.batch_size = Histogram(
-            "align_serve_encoder_batch_size", "Inputs per batched encoder call", ["modality"],
+            "align_serve_encoder_batch_size", "Inputs per batched worker call: texts, images, or whole searches", ["modality"],
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry,
         )
         self.swaps = Counter(
