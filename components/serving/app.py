@@ -109,7 +109,7 @@ class ServingDeployment:
         self._pinned = model_version
         # Blocking is fine here: the replica takes no traffic until its constructor returns.
         self._model: ServingModel = load_serving_model(model_version=model_version, **self._load_args)
-        self.metrics.model_version.set(float(self._model.model_version) if self._model.model_version.isdigit() else -1)
+        self.metrics.serving_version(self._model.model_version)
         self._swap_lock = asyncio.Lock()
         self.last_swap_error = ""
         self._embed_texts_batch, self._embed_images_batch = self._embed_texts_now, self._embed_images_now
@@ -154,6 +154,7 @@ class ServingDeployment:
     async def _follow_champion(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.follow_champion_s)
+            self.metrics.refresh()  # keeps Ray's version gauge alive (dropped when unset for ~20 s)
             if self._pinned is not None:
                 continue
             try:
@@ -177,18 +178,19 @@ class ServingDeployment:
                 model = await asyncio.to_thread(load_serving_model, model_version=version, **self._load_args)
             except Exception as exc:
                 self.last_swap_error = f"version {version} did not load: {type(exc).__name__}: {exc}"[:2000]
-                self.metrics.swaps.labels("failed").inc()
+                self.metrics.swap("failed")
                 log.error("keeping version %s: %s", self._model.model_version, self.last_swap_error)
                 if raise_errors:
                     raise
                 return False
             self._model, self.last_swap_error = model, ""
-            self.metrics.swaps.labels("ok").inc()
-            self.metrics.model_version.set(float(version) if version.isdigit() else -1)
+            self.metrics.swap("ok")
+            self.metrics.serving_version(version)
             return True
 
     def check_health(self) -> None:
         """Serve's periodic replica health check: a model must be loaded and consistent."""
+        self.metrics.refresh()  # every health_check_period_s, pinned or following: Ray's version gauge stays
         model = self._model
         if model is None or len(model.index) == 0:
             raise RuntimeError("no model loaded")
@@ -201,7 +203,7 @@ class ServingDeployment:
         out: list[Any] = [None] * len(items)
         for positions in _group_by_model(items).values():
             model = items[positions[0]][0]
-            self.metrics.batch_size.labels(label).observe(len(positions))
+            self.metrics.batch(label, len(positions))
             answers = await asyncio.to_thread(getattr(model, work), [items[p][1] for p in positions])
             for p, answer in zip(positions, answers, strict=True):
                 out[p] = answer

@@ -75,8 +75,7 @@ class GuardMiddleware:
                 await _json(send_tracking, 413, f"request body over the {self.max_body_bytes}-byte limit")
         finally:
             if self.metrics is not None and endpoint.startswith(("/v1/", "/healthz", "/readyz")):
-                self.metrics.requests.labels(endpoint, str(status["code"])).inc()
-                self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+                self.metrics.request(endpoint, str(status["code"]), time.perf_counter() - started)
 
 
 def _is_open(path: str) -> bool:

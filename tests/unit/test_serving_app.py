@@ -345,3 +345,99 @@ def test_app_builder_for_declarative_configs_needs_no_cluster():
     assert isinstance(app, Application) and ray.is_initialized() == connected_before
     with pytest.raises(ValueError, match="tracking_uri"):
         app_builder({})
+
+
+# ------------------------------------------------------------------ the app's metrics through Ray, per replica
+
+
+class RecordingMetric:
+    """Stands in for a ray.util.metrics object; ``broken`` makes every call raise, like a failing agent."""
+
+    def __init__(self, spec, broken=False):
+        self.spec, self.broken, self.calls = spec, broken, []
+
+    def _add(self, kind, value, tags):
+        if self.broken:
+            raise RuntimeError("metrics agent unavailable")
+        self.calls.append((kind, value, tags))
+
+    def inc(self, value=1.0, tags=None):
+        self._add("inc", value, tags)
+
+    def observe(self, value, tags=None):
+        self._add("observe", value, tags)
+
+    def set(self, value, tags=None):
+        self._add("set", value, tags)
+
+
+REPLICA_TAGS = {"application": "align", "deployment": "AlignSearch", "replica": "abc123"}
+
+
+def _as_if_in_a_serve_replica(monkeypatch, broken=False) -> dict[str, RecordingMetric]:
+    """Connected to Ray, inside replica abc123, with metric objects that record calls instead of exporting."""
+    from ray import serve
+
+    from components.runtime import metrics as runtime_metrics
+
+    created: dict[str, RecordingMetric] = {}
+    context = type("Context", (), {"app_name": "align", "deployment": "AlignSearch",
+                                   "replica_id": type("ID", (), {"unique_id": "abc123"})()})()
+    monkeypatch.setattr(serve, "get_replica_context", lambda: context)
+    monkeypatch.setattr(runtime_metrics, "_created", {})
+    monkeypatch.setattr(runtime_metrics, "_warned", False)
+    monkeypatch.setattr(runtime_metrics, "_ray_connected", lambda: True)
+    monkeypatch.setattr(runtime_metrics, "_new_metric",
+                        lambda spec: created.setdefault(spec.name, RecordingMetric(spec, broken)))
+    return created
+
+
+def test_a_request_records_the_ray_side_metrics_tagged_with_the_replica(registry, monkeypatch):
+    from components.runtime.metrics import METRICS
+
+    recorded = _as_if_in_a_serve_replica(monkeypatch)
+    replica = ServingDeployment(CFG, tracking_uri=str(registry), model_name="align", loaders=LOADERS)
+    with TestClient(http_api(replica)) as client:
+        assert client.post("/v1/search", json={"text": CAPTIONS[2], "k": 3}).status_code == 200
+        assert client.post("/v1/search", json={"text": "a cat", "k": 0}).status_code == 422
+        assert client.get("/metrics").status_code == 200  # not an API route: not counted
+    calls = {name: metric.calls for name, metric in recorded.items()}
+    search = REPLICA_TAGS | {"endpoint": "/v1/search"}
+    assert [(kind, value, tags) for kind, value, tags in calls["align_serve_requests"]] == [
+        ("inc", 1.0, search | {"status": "200"}), ("inc", 1.0, search | {"status": "422"})]
+    latencies = calls["align_serve_request_seconds"]
+    assert [(kind, tags) for kind, _, tags in latencies] == [("observe", search)] * 2
+    assert all(0 < seconds < 10 for _, seconds, _ in latencies)
+    batch = REPLICA_TAGS | {"modality": "search"}
+    assert calls["align_serve_encoder_batch_size"] == [("observe", 1, batch)]  # the 422 never reached the model
+    assert calls["align_serve_encoder_batch_inputs"] == [("inc", 1.0, batch)]
+    assert calls["align_serve_model_version"] == [("set", 1.0, REPLICA_TAGS)]
+    specs = {spec.name: spec for spec in METRICS}
+    for name, metric_calls in calls.items():
+        assert all(set(tags) == set(specs[name].tag_keys) for _, _, tags in metric_calls), name
+
+    # Swaps count by outcome, and every health check re-sets the version gauge before Ray drops it.
+    set_alias(registry, "champion", "2")
+    assert asyncio.run(replica.check_champion())
+    replica.check_health()
+    assert recorded["align_serve_model_swaps"].calls == [("inc", 1.0, REPLICA_TAGS | {"outcome": "ok"})]
+    assert recorded["align_serve_model_version"].calls[1:] == [("set", 2.0, REPLICA_TAGS)] * 2
+
+
+def test_recording_failures_never_fail_a_request(registry, monkeypatch, caplog):
+    import logging
+
+    from components.runtime import metrics as runtime_metrics
+
+    _as_if_in_a_serve_replica(monkeypatch, broken=True)
+    with caplog.at_level(logging.WARNING, logger=runtime_metrics.__name__):
+        replica = ServingDeployment(CFG, tracking_uri=str(registry), model_name="align", loaders=LOADERS)
+        with TestClient(http_api(replica)) as client:
+            for _ in range(3):
+                assert client.post("/v1/search", json={"text": CAPTIONS[2], "k": 3}).status_code == 200
+            assert client.get("/healthz").status_code == 200
+            replica.check_health()
+            text = client.get("/metrics").text  # the replica's own registry still counts
+    assert 'align_serve_requests_total{endpoint="/v1/search",status="200"} 3.0' in text
+    assert [r.getMessage() for r in caplog.records] == [
+        "metrics not recorded (metrics agent unavailable); the replica goes on without them"]
