@@ -52,3 +52,18 @@ def test_importing_the_cli_starts_nothing():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_address_flag_runs_any_stage_on_an_existing_cluster(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    parser = _parser()
+    assert parser.parse_args(["run", "--address", "10.0.0.5:6379", "seed=2"]).address == "10.0.0.5:6379"
+    assert parser.parse_args(["train", "--address", "auto"]).address == "auto"
+    assert parser.parse_args(["run"]).address is None
+    monkeypatch.setenv("ALIGN_HOME", str(tmp_path))
+    assert main(["config", "--address", "head:6379", "ray.address=other:6379", "seed=3"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["ray"]["address"] == "head:6379" and resolved["seed"] == 3  # the flag sets ray.address only
+    assert main(["config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["ray"]["address"] == "local"  # default: a local head
