@@ -13,7 +13,11 @@
     align index [--version N]                       embed the filtered dataset into a version's search index
     align search "a red circle" [-k 5]              query the serving endpoint
     align down                                      stop serving and the local Ray head
+    align schedule [--config RECIPE] [key=value ...]  serve the retraining deployment on its cron
     align config                                    print the resolved config
+    align report [--runs ID ... | --parent ID | --last N] [--out PATH]
+                                                    static HTML report comparing runs (default: the newest 10)
+    align ui [--port 5000]                          MLflow UI on 127.0.0.1; prints where Prefect and Ray are
 
 Environment is prepared here, before Prefect/Ray/MLflow are imported, so nothing happens at import.
 """
@@ -48,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", default=None, help="YAML recipe (default: configs/embedded.yaml)")
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100 seed=2")
+        p.add_argument("--address", default=None, help="an existing Ray cluster: its GCS host:port, or auto inside it (sets ray.address)")
         return p
 
     verb("run", "the whole lifecycle on the configured recipe")
@@ -74,7 +79,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     verb("serve", "deploy the champion on Ray Serve")
     verb("down", "stop serving and the local Ray head")
+    verb("schedule", "serve the retraining deployment on orchestration.schedule_cron until Ctrl-C").add_argument(
+        "--prefect-port", type=int, default=4200, help="local Prefect server's port, started when PREFECT_API_URL is unset"
+    )
     verb("config", "print the resolved config")
+    report = verb("report", "write a static HTML report comparing runs: params, metrics, loss curves, R@K, gate, versions")
+    chosen = report.add_mutually_exclusive_group()
+    chosen.add_argument("--runs", nargs="+", default=None, metavar="ID", help="these MLflow run ids, in this order")
+    chosen.add_argument("--parent", default=None, metavar="RUN_ID", help="the child runs of this parent run")
+    chosen.add_argument("--last", type=int, default=None, metavar="N", help="the newest N runs of the experiment (default: 10)")
+    report.add_argument("--out", default=None, help="HTML file to write (default: <storage.home>/reports/report-<time>.html)")
+    verb("ui", "start the MLflow UI on 127.0.0.1 (until Ctrl-C) and print where the Prefect and Ray dashboards are").add_argument(
+        "--port", type=int, default=5000, help="MLflow UI port (default: 5000)"
+    )
     search = sub.add_parser("search", help="text -> image search against the serving endpoint")
     search.add_argument("text")
     search.add_argument("-k", type=int, default=5)
@@ -118,7 +135,7 @@ def _registry_verb(args: argparse.Namespace, cfg: AlignConfig, config: dict) -> 
             _print(stages.evaluate_flow(config, model_uri=args.model, suites=args.suite))
             return 0
         run_id = args.run_id or latest_run_id(cfg.storage, cfg.registry.experiment, "train/loss")
-        _print(stages.evaluate_flow(config, run_id, suites=args.suite))
+        _print(stages.evaluate_flow(config, run_id=run_id, suites=args.suite))
         return 0
     run_id = None
     if args.version is None:
@@ -128,10 +145,31 @@ def _registry_verb(args: argparse.Namespace, cfg: AlignConfig, config: dict) -> 
     return 0 if result["gate"]["passed"] else 1
 
 
+def _report_verb(args: argparse.Namespace, cfg: AlignConfig) -> int:
+    from components.report.collect import DEFAULT_LAST, RunSelection
+    from components.report.render import default_report_path, write_report
+
+    out = args.out or default_report_path(cfg.storage.home)
+    try:  # a malformed run id or --last, or no such runs: one line saying which, not a traceback
+        selection = RunSelection(tuple(args.runs or ()), args.parent or "", DEFAULT_LAST if args.last is None else args.last)
+    except ValueError as err:
+        print(f"align report: {err}", file=sys.stderr)
+        return 1
+    try:
+        path = write_report(cfg.storage.tracking_uri, cfg.registry.experiment, selection, out)
+    except LookupError as err:
+        print(f"align report: {err}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
+    if getattr(args, "address", None):  # one more override, so it goes wherever the overrides go
+        args.overrides = [*args.overrides, f"ray.address={args.address}"]
     cfg = load_config(args.config, getattr(args, "overrides", []))
     _prepare_environment(cfg)
     config = cfg.model_dump()
@@ -144,6 +182,18 @@ def main(argv: list[str] | None = None) -> int:
         from components.serving.deploy import endpoint_url
 
         _print(search(args.url or endpoint_url(cfg.serve), args.text, args.k))
+        return 0
+    if args.verb == "report":
+        return _report_verb(args, cfg)
+    if args.verb == "ui":
+        from components.report.ui import run_ui
+
+        return run_ui(cfg, args.port)
+    if args.verb == "schedule":
+        from components.config import DEFAULT_RECIPE
+        from flows.schedule import serve_retraining
+
+        serve_retraining(cfg, str(args.config or DEFAULT_RECIPE), list(args.overrides), args.prefect_port)
         return 0
     if args.verb == "down":
         from components.runtime.ray_cluster import stop_local_head
@@ -167,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         _print(stages.index_flow(config, args.version))
         return 0
     if args.verb == "train" and args.run_id:
-        _print(stages.train_flow(config, args.run_id))
+        _print(stages.train_flow(config, run_id=args.run_id))
         return 0
     _print({"ingest": stages.ingest_flow, "train": stages.train_flow, "serve": stages.serve_flow}[args.verb](config))
     return 0

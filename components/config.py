@@ -36,6 +36,7 @@ class StorageConfig(_Section):
     indexes_uri: str = ""  # default: <home>/indexes (served search corpora, one per model version)
     checkpoints_uri: str = ""  # default: <home>/checkpoints
     prefect_home: str = ""  # default: <home>/prefect
+    stage_cache_uri: str = ""  # default: <home>/stage-cache (which stage outputs are done, by input hash)
 
 
 SourceFormat = Literal["sidecar", "webdataset", "img2dataset_parquet", "table", "html", "svg"]
@@ -203,6 +204,9 @@ class TrainConfig(_Section):
     checkpoint_every: int = 5000
     log_every: int = 50
     cpus_per_worker: float = 1.0
+    # Ray placement of the workers: PACK fills one node first; SPREAD puts them on different nodes when
+    # it can, and a group restarted after a node loss still fits on the nodes left; STRICT_* never bend.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     torch_threads_per_worker: int = 0  # 0: cpus_per_worker rounded down (at least 1)
     shuffle_buffer: int = 0  # rows in each worker's local shuffle buffer when streaming; 0 disables
     cache_shard: bool = False  # read each worker's shard into memory once (small data), else stream
@@ -380,11 +384,41 @@ SERVE_LATENCY_ENV = {
 
 
 class RayConfig(_Section):
-    address: str = "local"  # "local": a head under <home>/ray started on demand; or a ray:// / host:port
+    address: str = "local"  # "local": a head under <home>/ray started on demand; or host:port / "auto" (not ray://)
     num_cpus: int = 0  # 0: the machine's CPUs (local head only)
     dashboard: bool = False
     # Environment of the local head's processes; a variable already set in the caller's environment wins.
     env: dict[str, str] = dict(SERVE_LATENCY_ENV)
+
+
+class OrchestrationConfig(_Section):
+    """How the Prefect flows run the stages: caching, retries, the retraining schedule."""
+
+    cache: bool = True  # skip a stage whose inputs (config sections + upstream hashes) already produced outputs
+    retries: int = Field(3, ge=0)  # for steps that talk to S3 / the tracking server
+    retry_delay_s: float = Field(2.0, gt=0)  # first back-off; doubles on each retry, with jitter
+    schedule_cron: str = "0 2 * * *"  # `align schedule`: when the retraining deployment runs
+    schedule_timezone: str = "UTC"
+    deployment_name: str = "align-retrain-local"
+
+    @field_validator("schedule_cron")
+    @classmethod
+    def _cron_has_five_fields(cls, value: str) -> str:
+        # Prefect's CronSchedule checks each field when `align schedule` builds the deployment.
+        if len(value.split()) != 5:
+            raise ValueError(f"orchestration.schedule_cron {value!r} must have 5 fields: minute hour day month weekday")
+        return value
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"orchestration.schedule_timezone {value!r} is not an IANA time zone") from None
+        return value
 
 
 class AlignConfig(_Section):
@@ -401,6 +435,7 @@ class AlignConfig(_Section):
     registry: RegistryConfig = RegistryConfig()
     index: IndexConfig = IndexConfig()
     serve: ServeConfig = ServeConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
     @model_validator(mode="after")
     def _gate_reads_configured_suites(self) -> AlignConfig:
@@ -415,7 +450,9 @@ class AlignConfig(_Section):
 
     def config_hash(self) -> str:
         """Hash of everything that shapes a model, so runs can be compared and cached."""
-        payload = self.model_dump(exclude={"storage": True, "ray": True, "serve": True, "index": True, **_PRESENTATION_ONLY})
+        payload = self.model_dump(
+            exclude={"storage": True, "ray": True, "serve": True, "index": True, "orchestration": True, **_PRESENTATION_ONLY}
+        )
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def section_hash(self, *sections: str) -> str:
@@ -461,6 +498,7 @@ def resolve_storage(storage: StorageConfig) -> StorageConfig:
         indexes_uri=storage.indexes_uri or _join(home, "indexes"),
         checkpoints_uri=storage.checkpoints_uri or _join(home, "checkpoints"),
         prefect_home=storage.prefect_home or _join(local_state, "prefect"),
+        stage_cache_uri=storage.stage_cache_uri or _join(home, "stage-cache"),
     )
 
 

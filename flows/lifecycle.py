@@ -1,50 +1,63 @@
-"""The whole ALIGN lifecycle as one Prefect flow: ingest -> train -> evaluate -> register -> gate -> serve."""
+"""The whole ALIGN lifecycle as one Prefect flow of stage flows: ingest -> train -> evaluate -> register ->
+gate -> serve. Each stage flow also runs alone (``flows.stages``); finished stages are skipped on re-runs."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Prefect validates flow parameters from the real
+# annotations, and a served run (`align schedule`) cannot resolve string ones.
+from pydantic import BaseModel, Field, model_validator
 from prefect import flow, get_run_logger
 
 from components.config import AlignConfig
-from flows.tasks import deploy_task, evaluate_task, ingest_task, promote_task, register_task, start_run_task, train_task
+from flows.stages import evaluate_flow, ingest_flow, promote_flow, register_flow, train_flow
 
 
 @flow(name="align-lifecycle")
-def lifecycle(config: dict) -> dict:
-    """Run every stage once for ``config`` (an AlignConfig as a dict, so deployments can pass it)."""
-    cfg = AlignConfig.model_validate(config)
+def lifecycle(config: AlignConfig) -> dict:
+    """Run every stage for ``config``; stages whose inputs are unchanged reuse their recorded outputs."""
     logger = get_run_logger()
-    corpus, dataset = ingest_task(cfg)
-    logger.info(
-        "dataset %s: %d in, %d kept, %d rejected%s",
-        dataset.dataset_uri,
-        dataset.report["rows_in"],
-        dataset.report["rows_kept"],
-        dataset.report["rows_rejected"],
-        " (cached)" if dataset.cached else "",
-    )
-    run_id = start_run_task(cfg, dataset)
-    trained = train_task(cfg, dataset.kept_uri, run_id, corpus.retrieval_json)
-    evaluation = evaluate_task(cfg, trained.artifact_dir, run_id, corpus)
-    version = register_task(cfg, run_id, trained.artifact_dir, corpus, dataset.manifest, evaluation)
-    decision = promote_task(cfg, version, corpus, evaluation, kept_uri=dataset.kept_uri)
-    logger.info("model version %s: gate %s %s", version, decision.outcome, decision.reasons)
-    # Only a model that passed the gate is deployed; otherwise the champion keeps serving untouched.
-    url = deploy_task(cfg, version) if decision.passed else ""
+    dataset = ingest_flow(config)
+    trained = train_flow(config, dataset)
+    evaluation = evaluate_flow(config, trained=trained, dataset=dataset)
+    registered = register_flow(config, trained, dataset, evaluation)
+    promoted = promote_flow(config, version=registered["version"], evaluation=evaluation, dataset=dataset)
+    gate = promoted["gate"]
+    logger.info("model version %s: gate %s %s", registered["version"], gate["outcome"], gate["reasons"])
     return {
-        "run_id": run_id,
-        "dataset_uri": dataset.dataset_uri,
-        "data_report": dataset.report,
-        "metrics": evaluation.metrics,
-        "model_name": cfg.registry.model_name,
-        "model_version": version,
-        "gate": decision.to_dict(),
-        "serving_url": url,
+        "run_id": trained["run_id"],
+        "dataset_uri": dataset["dataset_uri"],
+        "data_report": dataset["report"],
+        "metrics": evaluation["metrics"],
+        "model_name": config.registry.model_name,
+        "model_version": registered["version"],
+        "gate": gate,
+        "serving_url": promoted["serving_url"],  # only a model that passed the gate is deployed
+        "cached": {"ingest": dataset["cached"], "train": trained["cached"], "evaluate": evaluation["cached"],
+                   "register": registered["cached"]},
     }
 
 
-@flow(name="align-retrain")
-def retrain(recipe: str = "configs/embedded.yaml", overrides: list[str] | None = None) -> dict:
-    """Entry point for scheduled deployments (prefect.yaml): load a recipe on the worker, then run."""
-    from components.config import load_config
+class RetrainRequest(BaseModel):
+    """A scheduled or on-demand retrain: a recipe plus ``key=value`` overrides (``align run``'s syntax).
 
-    return lifecycle(load_config(recipe, overrides or []).model_dump())
+    Validating it loads the recipe, so a missing file or a bad override fails the flow run before
+    anything starts, with the config error as the message.
+    """
+
+    recipe: str = "configs/embedded.yaml"
+    overrides: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _loads(self) -> "RetrainRequest":
+        self.config()
+        return self
+
+    def config(self) -> AlignConfig:
+        from components.config import load_config
+
+        return load_config(self.recipe, self.overrides)
+
+
+@flow(name="align-retrain")
+def retrain(request: RetrainRequest | None = None) -> dict:
+    """Entry point of the deployments (prefect.yaml, ``align schedule``): load the recipe on the worker
+    (``None``: the embedded recipe)."""
+    return lifecycle((request or RetrainRequest()).config())

@@ -1,12 +1,23 @@
-"""One small Prefect flow per CLI stage verb, so a single stage is tracked like the full lifecycle."""
+"""One Prefect flow per lifecycle stage. Each runs alone (one CLI verb) or as a subflow of the lifecycle.
 
-from __future__ import annotations
+Parameters are typed: ``config`` is an ``AlignConfig``, so Prefect validates it before the flow run
+starts and a bad value fails with pydantic's message naming the field. Stages whose outputs are pure
+functions of their inputs are cached on those inputs' hashes (``components.runtime.stage_cache``):
+ingest (config + source fingerprints), train (config sections + dataset content), evaluate (eval
+section + model weights + evaluation sets) and register (run + weights). Gate and deploy are not:
+they act on the registry's and the cluster's current state, and both are idempotent.
+"""
 
-from prefect import flow
+# No `from __future__ import annotations` here: Prefect validates flow parameters from the real
+# annotations, and a served run (`align schedule`) cannot resolve string ones.
+from prefect import flow, get_run_logger
 
 from components.config import AlignConfig
+from components.runtime.stage_cache import StageCache, StageKey, file_digest, run_cached, tree_fingerprint
 from flows.tasks import (
+    data_report_artifact,
     deploy_task,
+    evaluation_artifact,
     evaluate_model_task,
     evaluate_task,
     index_task,
@@ -16,86 +27,212 @@ from flows.tasks import (
     rollback_task,
     start_run_task,
     train_task,
+    training_summary_artifact,
+    with_retries,
 )
 
 
+def stage_cache(cfg: AlignConfig) -> StageCache:
+    return StageCache(cfg.storage.stage_cache_uri, enabled=cfg.orchestration.cache)
+
+
+def _corpus(dataset: dict):
+    from components.data.ingest import CorpusPaths
+
+    return CorpusPaths([], dataset["retrieval_json"], dataset["classification_dir"])
+
+
 @flow(name="align-ingest")
-def ingest_flow(config: dict) -> dict:
-    _, dataset = ingest_task(AlignConfig.model_validate(config))
-    return {"dataset_uri": dataset.dataset_uri, "report": dataset.report, "cached": dataset.cached}
+def ingest_flow(config: AlignConfig) -> dict:
+    """Ingest and filter the corpus; the data stage itself reuses a dataset built from the same inputs."""
+    corpus, dataset = ingest_task(config)
+    out = {"dataset_uri": dataset.dataset_uri, "kept_uri": dataset.kept_uri, "report": dataset.report,
+           "manifest": dataset.manifest, "content_hash": dataset.manifest["content_hash"], "cached": dataset.cached,
+           "retrieval_json": corpus.retrieval_json, "classification_dir": corpus.classification_dir}
+    data_report_artifact(out)
+    get_run_logger().info("dataset %s: %d in, %d kept, %d rejected%s", out["dataset_uri"], out["report"]["rows_in"],
+                          out["report"]["rows_kept"], out["report"]["rows_rejected"], " (cached)" if out["cached"] else "")
+    return out
+
+
+def train_key(cfg: AlignConfig, dataset: dict) -> StageKey:
+    return StageKey("train", {
+        "model": cfg.section_hash("model"), "train": cfg.section_hash("train"), "seed": str(cfg.seed),
+        "recipe": cfg.name, "experiment": cfg.registry.experiment, "tracking": cfg.storage.tracking_uri,
+        "dataset": dataset["content_hash"],
+    })
+
+
+def _run_exists(cfg: AlignConfig, run_id: str) -> bool:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient(tracking_uri=cfg.storage.tracking_uri).get_run(run_id)
+        return True
+    except MlflowException:
+        return False
 
 
 @flow(name="align-train")
-def train_flow(config: dict, run_id: str | None = None) -> dict:
-    """Train in a new MLflow run, or resume ``run_id``'s training from its last checkpoint."""
-    cfg = AlignConfig.model_validate(config)
-    corpus, dataset = ingest_task(cfg)
-    run_id = run_id or start_run_task(cfg, dataset)
-    trained = train_task(cfg, dataset.kept_uri, run_id, corpus.retrieval_json)
-    return {"run_id": run_id, "artifact_dir": trained.artifact_dir, "checkpoint": trained.checkpoint_path}
+def train_flow(config: AlignConfig, dataset: dict | None = None, run_id: str | None = None) -> dict:
+    """Train in a new MLflow run, or resume ``run_id`` from its last checkpoint.
+
+    A lifecycle re-run after a crash finds the run its key started and resumes it; a finished key
+    returns the recorded model without training.
+    """
+    from pathlib import Path
+
+    from components.model.artifact import WEIGHTS_FILE
+
+    cfg, logger = config, get_run_logger()
+    dataset = dataset or ingest_flow(cfg)
+    cache, key = stage_cache(cfg), train_key(cfg, dataset)
+    if run_id is None:  # an explicit run id is a request to (re)train that run, not a cache query
+        done = cache.lookup(key)
+        if done and _run_exists(cfg, done["run_id"]) and (Path(done["artifact_dir"]) / WEIGHTS_FILE).is_file():
+            logger.info("train: cached, run %s (%s)", done["run_id"], key.digest)
+            training_summary_artifact(done | {"cached": True})
+            return done | {"cached": True}
+        started = cache.started(key)
+        if started and _run_exists(cfg, started["run_id"]):
+            run_id = started["run_id"]
+            logger.info("train: resuming run %s, which an earlier attempt started (%s)", run_id, key.digest)
+    if run_id is None:
+        run_id = with_retries(start_run_task, cfg)(cfg, dataset)
+        cache.mark_started(key, {"run_id": run_id})
+    trained = train_task(cfg, dataset["kept_uri"], run_id, dataset["retrieval_json"])
+    out = {"run_id": run_id, "artifact_dir": trained.artifact_dir, "checkpoint": trained.checkpoint_path,
+           "artifact_hash": file_digest(str(Path(trained.artifact_dir) / WEIGHTS_FILE)),
+           "metrics": {k: v for k, v in trained.metrics.items() if isinstance(v, (int, float))}}
+    cache.mark_complete(key, out)
+    training_summary_artifact(out)
+    return out | {"cached": False}
+
+
+def _evaluation_sets_fingerprint(cfg: AlignConfig, corpus) -> str:
+    from pathlib import Path
+
+    from components.runtime.stage_cache import digest
+
+    paths = {corpus.retrieval_json, corpus.classification_dir, *(s.path for s in cfg.eval.suites if s.path)}
+    return digest({path: tree_fingerprint(path) for path in sorted(p for p in paths if p and Path(p).exists())})
 
 
 @flow(name="align-evaluate")
-def evaluate_flow(config: dict, run_id: str | None = None, model_uri: str = "", suites: list[str] | None = None) -> dict:
-    """Evaluate a trained run's artifact, or any registered version (``models:/<name>@<alias>``)."""
+def evaluate_flow(
+    config: AlignConfig, trained: dict | None = None, dataset: dict | None = None, run_id: str | None = None,
+    model_uri: str = "", suites: list[str] | None = None,
+) -> dict:
+    """Evaluate a trained model (the lifecycle's, or run ``run_id``'s), or any registered version
+    (``models:/<name>@<alias>``). Only the lifecycle's evaluation is cached: it has a weights hash."""
     from components.data.ingest import prepare_corpus
+    from components.evaluation.suite import EvalReport
     from components.train.stage import model_dir_for_run
 
-    cfg = AlignConfig.model_validate(config)
-    corpus = prepare_corpus(cfg)
+    cfg = config
+    corpus = _corpus(dataset) if dataset else prepare_corpus(cfg)
     if model_uri:
         name, version, report, eval_run = evaluate_model_task(cfg, model_uri, corpus, suites)
         return {"model": f"{name}/{version}", "run_id": eval_run, "metrics": report.metrics, "results": report.records,
                 "suite_hashes": report.hashes}
-    report = evaluate_task(cfg, model_dir_for_run(cfg, run_id), run_id, corpus, suites)
-    return {"run_id": run_id, "metrics": report.metrics, "results": report.records, "suite_hashes": report.hashes}
+    if trained is None:
+        report = evaluate_task(cfg, model_dir_for_run(cfg, run_id), run_id, corpus, suites)
+        return {"run_id": run_id, "metrics": report.metrics, "results": report.records, "suite_hashes": report.hashes}
+    key = StageKey("evaluate", {"eval": cfg.section_hash("eval"), "weights": trained["artifact_hash"],
+                                "run_id": trained["run_id"], "suites": ",".join(suites or []),
+                                "sets": _evaluation_sets_fingerprint(cfg, corpus)})
+    outputs, cached = run_cached(
+        stage_cache(cfg), key,
+        lambda: evaluate_task(cfg, trained["artifact_dir"], trained["run_id"], corpus, suites).to_dict(),
+    )
+    report = EvalReport.from_dict(outputs)
+    if cached:
+        get_run_logger().info("evaluate: cached (%s)", key.digest)
+        evaluation_artifact(report, "(cached)")
+    return {"run_id": trained["run_id"], "metrics": report.metrics, "results": report.records,
+            "suite_hashes": report.hashes, "report": outputs, "cached": cached}
+
+
+def _version_exists(cfg: AlignConfig, version: str) -> bool:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient(tracking_uri=cfg.storage.tracking_uri).get_model_version(cfg.registry.model_name, version)
+        return True
+    except MlflowException:
+        return False
+
+
+@flow(name="align-register")
+def register_flow(config: AlignConfig, trained: dict, dataset: dict, evaluation: dict | None = None) -> dict:
+    """Register the trained model as a new version (aliased challenger); once per run and weights."""
+    from components.evaluation.suite import EvalReport
+
+    cfg = config
+    report = EvalReport.from_dict(evaluation["report"]) if evaluation else None
+    key = StageKey("register", {"run_id": trained["run_id"], "weights": trained["artifact_hash"],
+                                "model_name": cfg.registry.model_name, "tracking": cfg.storage.tracking_uri})
+    outputs, cached = run_cached(
+        stage_cache(cfg), key,
+        lambda: {"version": with_retries(register_task, cfg)(
+            cfg, trained["run_id"], trained["artifact_dir"], _corpus(dataset), dataset["manifest"], report)},
+        still_valid=lambda found: _version_exists(cfg, found["version"]),
+    )
+    return outputs | {"cached": cached}
 
 
 @flow(name="align-promote")
 def promote_flow(
-    config: dict, run_id: str | None = None, version: str | None = None, force_reason: str = "", serve: bool = True
+    config: AlignConfig, run_id: str | None = None, version: str | None = None, force_reason: str = "",
+    serve: bool = True, evaluation: dict | None = None, dataset: dict | None = None,
 ) -> dict:
     """Gate a registered ``version`` (or register ``run_id``'s model first); serve the new champion."""
     from components.data.ingest import prepare_corpus
+    from components.evaluation.suite import EvalReport
     from components.runtime.tracking import run_dict
     from components.train.stage import model_dir_for_run
 
-    cfg = AlignConfig.model_validate(config)
-    corpus = prepare_corpus(cfg)
+    cfg = config
+    corpus = _corpus(dataset) if dataset else prepare_corpus(cfg)
     if version is None:
         manifest = run_dict(cfg.storage, run_id, "dataset/manifest.json")
-        version = register_task(cfg, run_id, model_dir_for_run(cfg, run_id), corpus, manifest)
-    kept_uri = ingest_task(cfg)[1].kept_uri if cfg.index.source == "dataset" else ""  # cached by content
-    decision = promote_task(cfg, version, corpus, None, force_reason, kept_uri)
-    url = deploy_task(cfg, version) if decision.passed and serve else ""
+        version = with_retries(register_task, cfg)(cfg, run_id, model_dir_for_run(cfg, run_id), corpus, manifest)
+    kept_uri = ""
+    if cfg.index.source == "dataset":  # the new champion's search index is built from the filtered dataset
+        kept_uri = dataset["kept_uri"] if dataset else ingest_task(cfg)[1].kept_uri  # cached by content
+    report = EvalReport.from_dict(evaluation["report"]) if evaluation else None
+    decision = with_retries(promote_task, cfg)(cfg, version, corpus, report, force_reason, kept_uri)
+    url = with_retries(deploy_task, cfg)(cfg, version) if decision.passed and serve else ""
     return {"model_version": version, "gate": decision.to_dict(), "serving_url": url}
 
 
 @flow(name="align-rollback")
-def rollback_flow(config: dict, reason: str = "", serve: bool = True) -> dict:
+def rollback_flow(config: AlignConfig, reason: str = "", serve: bool = True) -> dict:
     """Move ``champion`` back to the previous champion and let serving follow it."""
-    cfg = AlignConfig.model_validate(config)
+    cfg = config
     kept_uri = ingest_task(cfg)[1].kept_uri if cfg.index.source == "dataset" else ""  # cached by content
-    event = rollback_task(cfg, reason, kept_uri)
-    url = deploy_task(cfg, event["version"]) if serve else ""
+    event = with_retries(rollback_task, cfg)(cfg, reason, kept_uri)
+    url = with_retries(deploy_task, cfg)(cfg, event["version"]) if serve else ""
     return {"champion": event, "serving_url": url}
 
 
 @flow(name="align-index")
-def index_flow(config: dict, version: str | None = None) -> dict:
+def index_flow(config: AlignConfig, version: str | None = None) -> dict:
     """Embed the filtered dataset with a version (default: the champion) into its search index."""
     from dataclasses import asdict
 
     from components.registry.store import champion_version
 
-    cfg = AlignConfig.model_validate(config)
+    cfg = config
     version = version or champion_version(cfg.storage.tracking_uri, cfg.registry.model_name)
     if version is None:
         raise LookupError(f"{cfg.registry.model_name} has no champion yet; pass --version")
     _, dataset = ingest_task(cfg)
-    return asdict(index_task(cfg, str(version), dataset.kept_uri))
+    return asdict(with_retries(index_task, cfg)(cfg, str(version), dataset.kept_uri))
 
 
 @flow(name="align-serve")
-def serve_flow(config: dict) -> dict:
-    return {"serving_url": deploy_task(AlignConfig.model_validate(config))}
+def serve_flow(config: AlignConfig) -> dict:
+    return {"serving_url": with_retries(deploy_task, config)(config)}

@@ -1,16 +1,34 @@
 """Prefect tasks, one per lifecycle stage; each is a thin call into ``components``.
 
 Heavy stages run Ray Data / Ray Train *inside* ordinary tasks (DESIGN.md §5), connected to the
-configured Ray cluster. Task results are not cached by Prefect: the data stage caches by content
-itself, and training must rerun when asked to.
+configured Ray cluster. Prefect's own task cache is off: stages are cached by ``flows.stages`` on
+their inputs' hashes (``components.runtime.stage_cache``), in JSON records next to the outputs.
 """
 
 from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NONE
+from prefect.tasks import exponential_backoff
 
 from components.config import AlignConfig
+
+
+def with_retries(stage_task, cfg: AlignConfig):
+    """``stage_task`` retried with exponential back-off and jitter (``orchestration.retries``).
+
+    Only for steps that talk to S3 or the tracking server and are safe to repeat: a blip in either
+    should cost seconds, not a lifecycle. Training and ingest are not retried here (Ray Train restarts
+    from checkpoints itself; a half-written dataset must be looked at, not overwritten).
+    """
+    orchestration = cfg.orchestration
+    if orchestration.retries == 0:
+        return stage_task
+    return stage_task.with_options(
+        retries=orchestration.retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=orchestration.retry_delay_s),
+        retry_jitter_factor=0.5,
+    )
 
 
 @task(name="ingest-and-filter", cache_policy=NONE)
@@ -24,7 +42,8 @@ def ingest_task(cfg: AlignConfig):
 
 
 @task(name="start-mlflow-run", cache_policy=NONE)
-def start_run_task(cfg: AlignConfig, dataset) -> str:
+def start_run_task(cfg: AlignConfig, dataset: dict) -> str:
+    """Open the lifecycle's MLflow run, linked to the filtered dataset (``ingest_flow``'s output)."""
     from components.registry.store import git_commit
     from components.runtime.tracking import log_dataset, prepare_tracking, start_lifecycle_run
 
@@ -32,11 +51,11 @@ def start_run_task(cfg: AlignConfig, dataset) -> str:
     tags = {
         "align.config_hash": cfg.config_hash(),
         "align.git_commit": git_commit(),
-        "align.dataset_content_hash": dataset.manifest["content_hash"],
+        "align.dataset_content_hash": dataset["content_hash"],
         "align.recipe": cfg.name,
     }
     run_id = start_lifecycle_run(cfg, tags, run_name=f"{cfg.name}-seed{cfg.seed}")
-    log_dataset(cfg.storage.tracking_uri, run_id, dataset.dataset_uri, dataset.manifest, dataset.report)
+    log_dataset(cfg.storage.tracking_uri, run_id, dataset["dataset_uri"], dataset["manifest"], dataset["report"])
     return run_id
 
 
@@ -61,7 +80,7 @@ def evaluate_task(cfg: AlignConfig, artifact_dir: str, run_id: str, corpus, suit
     from components.evaluation.stage import evaluate_stage
 
     report = evaluate_stage(cfg, artifact_dir, run_id, corpus_sets(corpus), suites)
-    _evaluation_artifact(report)
+    evaluation_artifact(report)
     return report
 
 
@@ -72,11 +91,12 @@ def evaluate_model_task(cfg: AlignConfig, model_uri: str, corpus, suites: list[s
 
     name, version = resolve_version(cfg.storage.tracking_uri, model_uri)
     report, run_id = evaluate_version(cfg, name, version, corpus_sets(corpus), suites)
-    _evaluation_artifact(report, f"{name} v{version}")
+    evaluation_artifact(report, f"{name} v{version}")
     return name, version, report, run_id
 
 
-def _evaluation_artifact(report, title: str = "") -> None:
+def evaluation_artifact(report, title: str = "") -> None:
+    """The evaluation table (suite, metric, value, suite hash) as a Prefect artifact."""
     from prefect.artifacts import create_markdown_artifact
 
     lines = [f"## Evaluation {title}".rstrip(), "", "| suite | metric | value | suite hash |", "|---|---|---|---|"]
@@ -151,3 +171,27 @@ def deploy_task(cfg: AlignConfig, champion_version: str | None = None) -> str:
     if champion_version is None:
         return deploy(cfg.serve, cfg.registry, cfg.storage.tracking_uri)
     return ensure_serving(cfg.serve, cfg.registry, cfg.storage.tracking_uri, champion_version)
+
+
+def data_report_artifact(dataset: dict) -> None:
+    """The data stage's report as a Prefect artifact: rows in, kept, rejected per rule."""
+    from prefect.artifacts import create_markdown_artifact
+
+    report = dataset["report"]
+    lines = [f"## Data {dataset['dataset_uri']}{' (cached)' if dataset['cached'] else ''}", "",
+             f"{report['rows_in']} pairs in, {report['rows_kept']} kept, {report['rows_rejected']} rejected", "",
+             "| rule | rows rejected |", "|---|---|"]
+    lines += [f"| `{rule}` | {count} |" for rule, count in sorted(report.get("rejected_by_rule", {}).items())]
+    create_markdown_artifact("\n".join(lines), key="data-report", description="ingest and filter report")
+
+
+def training_summary_artifact(trained: dict) -> None:
+    """The training run's final numbers as a Prefect artifact, with where the model and run are."""
+    from prefect.artifacts import create_markdown_artifact
+
+    lines = [f"## Training run {trained['run_id']}{' (cached)' if trained.get('cached') else ''}", "",
+             f"model: `{trained['artifact_dir']}` (weights sha256 {trained['artifact_hash']})",
+             f"checkpoint: `{trained['checkpoint']}`", "", "| metric | value |", "|---|---|"]
+    lines += [f"| `{name}` | {value:.4g} |" for name, value in sorted(trained["metrics"].items())
+              if isinstance(value, (int, float))]
+    create_markdown_artifact("\n".join(lines), key="training-summary", description="training summary")

@@ -19,6 +19,25 @@ TINY_MODEL_OVERRIDES = [
     "model.text.num_heads=2",
     "model.text.intermediate_size=64",
 ]
+# The whole lifecycle on a tiny corpus with the tiny towers: a couple of minutes on 2 cores.
+TINY_LIFECYCLE = [
+    "corpus.num_scenes=320",
+    "corpus.eval_scenes=40",
+    "corpus.classify_per_class=3",
+    "corpus.many_texts_per_image=12",
+    "filter.max_texts_per_image=10",
+    "filter.vocab_top_n=400",
+    "filter.resize_short_side=40",
+    *TINY_MODEL_OVERRIDES,
+    "model.text.tokenizer_vocab_size=300",
+    "train.global_batch_size=32",
+    "train.steps=6",
+    "train.checkpoint_every=6",
+    "train.log_every=3",
+    "train.warmup_steps=2",
+    "eval.batch_size=64",
+    "gate.min_metrics={}",  # a 6-step model cannot promise quality; the floors are tested in unit tests
+]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 40)}
 
 

@@ -17,6 +17,7 @@ from components.config import AlignConfig, SourceConfig
 from components.data import schema
 from components.data.decode import decode_image, dhash
 from components.data.pipeline import run_filter
+from components.runtime.metrics import record_filter_report
 from components.storage import exists, join_uri, read_json
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,21 @@ def eval_image_hashes(retrieval_json: str, split: str) -> np.ndarray:
     return np.array(hashes, dtype=np.uint64)
 
 
+def dataset_key(cfg: AlignConfig, corpus: CorpusPaths) -> str:
+    """What a filtered dataset depends on: the corpus and filter settings, and the files themselves
+    (each source's and the evaluation split's fingerprint), so edited sources are ingested again."""
+    from components.runtime.stage_cache import digest, tree_fingerprint
+
+    files = {source.name: tree_fingerprint(source.path) for source in corpus.sources}
+    files["eval_split"] = tree_fingerprint(corpus.retrieval_json)
+    return digest({"config": cfg.section_hash("corpus", "filter"), "files": files})[:16]
+
+
 def ingest(cfg: AlignConfig, corpus: CorpusPaths | None = None) -> IngestResult:
     corpus = corpus or prepare_corpus(cfg)
     name = "-".join(s.name for s in corpus.sources)[:60]
-    key = f"{name}-{cfg.section_hash('corpus', 'filter')}"
+    version = dataset_key(cfg, corpus)
+    key = f"{name}-{version}"
     dataset_uri = join_uri(cfg.storage.datasets_uri, key)
     manifest_uri = join_uri(dataset_uri, schema.MANIFEST_FILE)
     if exists(manifest_uri):
@@ -107,4 +119,5 @@ def ingest(cfg: AlignConfig, corpus: CorpusPaths | None = None) -> IngestResult:
     result = run_filter(
         corpus.sources, dataset_uri, cfg.filter, eval_hashes=hashes, config_hash=cfg.section_hash("filter")
     )
+    record_filter_report(name, version, result.report)  # Prometheus counters, for the data dashboard
     return IngestResult(dataset_uri, result.manifest["kept_uri"], result.report, result.manifest, cached=False)

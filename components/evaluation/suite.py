@@ -86,6 +86,20 @@ class EvalReport:
     def hashes(self) -> dict[str, str]:
         return {result.name: result.content_hash for result in self.results}
 
+    def to_dict(self) -> dict:
+        """Plain JSON (numpy scalars and arrays become numbers and lists): a stage-cache record."""
+        import dataclasses
+
+        def plain(value):
+            return value.tolist() if hasattr(value, "tolist") else str(value)
+
+        results = [dataclasses.asdict(result) | {"plots": [str(p) for p in result.plots]} for result in self.results]
+        return json.loads(json.dumps({"results": results}, default=plain))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EvalReport:
+        return cls([SuiteResult(**{**r, "plots": [Path(p) for p in r["plots"]]}) for r in data["results"]])
+
 
 # --- loading and fingerprinting --------------------------------------------------------------------------
 

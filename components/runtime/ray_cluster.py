@@ -76,6 +76,7 @@ def ensure_local_head(cfg: AlignConfig) -> str:
     ]
     log.info("starting a local Ray head: %s", " ".join(command))
     env = dict(cfg.ray.env) | _auth_env()  # the caller's environment wins over the config's defaults
+    env.pop("RAY_ADDRESS", None)  # a new head: not the cluster this process may already be connected to
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         raise RuntimeError(f"`ray start --head` failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -96,11 +97,20 @@ def connect(cfg: AlignConfig) -> str:
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # read when ray is imported: set it first
     import ray
 
+    if cfg.ray.address.startswith("ray://"):
+        raise ValueError(
+            f"ray.address {cfg.ray.address!r} is a Ray Client address, and Ray Client cannot run Ray Data's "
+            "streaming executor (the ingest stage). Use the cluster's GCS address (host:6379) from a machine "
+            "on its network, or run on the cluster: `ray job submit -- align run --address auto`."
+        )
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address
     address = ensure_local_head(cfg) if cfg.ray.address == "local" else cfg.ray.address
     # Worker output reaches this console: training's per-step progress lines are printed by rank 0.
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    # Helper processes this driver starts (Ray Train's placement-group cleaner) call ray.init() without
+    # an address; with several Ray instances on one machine they would pick the newest, not ours.
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     quiet_ray_data()
     return address
 
@@ -171,7 +181,12 @@ def _head_processes(port: int) -> list:
     )
     if session is None:
         return []
-    return [p for p in processes if p.pid != os.getpid() and any(session in arg for arg in cmdline(p))]
+
+    def ours(process) -> bool:
+        # Most processes name the session directory; the Ray Client server only names the GCS address.
+        return any(session in arg or (arg.startswith("--address=") and arg.endswith(f":{port}")) for arg in cmdline(process))
+
+    return [p for p in processes if p.pid != os.getpid() and ours(p)]
 
 
 def _terminate(processes: list, grace_s: float) -> None:

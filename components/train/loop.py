@@ -22,6 +22,7 @@ from components.model.align import AlignModel
 from components.model.artifact import TOKENIZER_DIR
 from components.model.loss import ContrastiveLoss
 from components.model.tokenizer import load_tokenizer
+from components.runtime.metrics import record_training_step
 from components.train.batches import BatchBuilder, iterate_batches
 from components.train.checkpointing import Position, restore_checkpoint, save_checkpoint, step_seed
 from components.train.schedule import build_optimizer, build_scheduler
@@ -48,6 +49,26 @@ def sync_batchnorm(model: torch.nn.Module, enabled: bool, device: torch.device, 
     if device.type == "cpu":
         raise ValueError("train.sync_batchnorm needs GPU workers: torch's SyncBatchNorm does not run on CPU")
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def worker_nodes(world: int) -> list[str]:
+    """The Ray node id of every rank, in rank order (one small all-gather as an attempt starts)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    if world == 1:
+        return [node]
+    nodes: list = [None] * world
+    torch.distributed.all_gather_object(nodes, node)
+    return nodes
+
+
+def record_step_metrics(run: str, rank: int, step: int, loss: float, temperature, data_time: float, step_time: float,
+                        global_batch: int) -> None:
+    """This worker's last step as Prometheus gauges, every rank and step: Prometheus samples the
+    latest values, and a gauge that stops being set drops out of Ray's export (a no-op outside Ray)."""
+    step_time = max(step_time, 1e-9)
+    record_training_step(run, rank, step, loss, float(temperature), global_batch / step_time, data_time / step_time)
 
 
 class _Window:
@@ -194,23 +215,29 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if position.step >= cfg.train.steps:
         return  # resumed after the last step: nothing left to do
 
+    # Where this attempt's workers run and the step it started at, kept in every checkpoint's metrics
+    # (and the latest on the MLflow run): a run that lost a node shows where each part of it trained.
+    attempt = {"attempt_start_step": position.step, "worker_nodes": ",".join(worker_nodes(world))}
     loss_fn = ContrastiveLoss(cfg.model.label_smoothing, rank=rank, world_size=world)
     build_batch = BatchBuilder(model_cfg, tokenizer, mean, std)
     reporter = _Rank0Reporter(loop_config, cfg, rank)
+    if reporter.client is not None:
+        reporter.client.set_tag(reporter.run_id, "align.train.worker_nodes", attempt["worker_nodes"])
     if position.step == 0:
         reporter.log_params(cfg, world)
     model.train()
     try:
-        _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, tokenizer, reporter, position, local_batch, rank, world, device)
+        _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, tokenizer, reporter, position, local_batch, rank, world, device, attempt)
     finally:
         reporter.close()
 
 
-def _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, tokenizer, reporter, position, local_batch, rank, world, device):
+def _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, tokenizer, reporter, position, local_batch, rank, world, device, attempt):
     import ray.train
 
     step = position.step
     window = _Window()
+    run_name = ray.train.get_context().get_experiment_name()  # RunConfig.name: the run's checkpoint folder
     fetch_start = time.perf_counter()
     for epoch, index, raw in iterate_batches(ray.train.get_dataset_shard("train"), cfg, local_batch, rank, world, position):
         seed = step_seed(cfg.seed, rank, step)
@@ -220,8 +247,11 @@ def _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, tokenizer, re
         loss, temperature = train_step(model, loss_fn, optimizer, scheduler, inputs, cfg.train.precision, step)
         step += 1
         done = time.perf_counter()
-        window.add(loss.item(), compute_start - fetch_start, done - fetch_start)
+        loss_value, data_time, step_time = loss.item(), compute_start - fetch_start, done - fetch_start
+        window.add(loss_value, data_time, step_time)
         fetch_start = done
+        record_step_metrics(run_name, rank, step, loss_value, temperature, data_time, step_time,
+                            cfg.train.global_batch_size)
 
         last = step >= cfg.train.steps
         checkpoint_now = step % cfg.train.checkpoint_every == 0 or last
@@ -236,7 +266,7 @@ def _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, tokenizer, re
             if checkpoint_now:
                 # Only checkpointed reports persist in Ray Train V2; the rest went to MLflow above.
                 following = Position(step, epoch, index + 1)
-                _report_with_checkpoint(metrics | {"step": step}, model, tokenizer, optimizer, scheduler, following, rank)
+                _report_with_checkpoint(metrics | {"step": step} | attempt, model, tokenizer, optimizer, scheduler, following, rank)
         pairs = reporter.validation_pairs
         if pairs and (step % cfg.train.val_every == 0 or last):
             reporter.validate(model, tokenizer, pairs, step)

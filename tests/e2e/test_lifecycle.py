@@ -8,29 +8,9 @@ import pytest
 
 from components.config import load_config
 from components.runtime.ray_cluster import free_port
-from tests.train_fixtures import TINY_MODEL_OVERRIDES
+from tests.train_fixtures import TINY_LIFECYCLE as TINY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-TINY = [
-    "corpus.num_scenes=320",
-    "corpus.eval_scenes=40",
-    "corpus.classify_per_class=3",
-    "corpus.many_texts_per_image=12",
-    "filter.max_texts_per_image=10",
-    "filter.vocab_top_n=400",
-    "filter.resize_short_side=40",
-    *TINY_MODEL_OVERRIDES,
-    "model.text.tokenizer_vocab_size=300",
-    "train.global_batch_size=32",
-    "train.steps=6",
-    "train.checkpoint_every=6",
-    "train.log_every=3",
-    "train.warmup_steps=2",
-    "eval.batch_size=64",
-    "gate.min_metrics={}",  # a 6-step model cannot promise quality; the floors are tested in unit tests
-]
 
 
 @pytest.fixture(scope="module")

@@ -125,3 +125,26 @@ def test_retrieval_bench_agrees_with_its_full_sort_baseline(tmp_path):
     result = bench.main(["--images", "60", "--captions-per-image", "3", "--dim", "16", "--out", str(tmp_path / "r.json")])
     assert result["captions"] == 180 and 0.0 < result["metrics"]["mean_recall"] <= 1.0
     assert json.loads((tmp_path / "r.json").read_text())["speedup"] > 0
+
+
+def test_orchestration_bench_counts_overlapping_stage_time_once():
+    bench = _load("orchestration_overhead")
+    assert bench.merged_seconds([]) == 0.0
+    assert bench.merged_seconds([(0.0, 2.0), (1.0, 3.0), (5.0, 6.0)]) == pytest.approx(4.0)
+    assert bench.merged_seconds([(0.0, 10.0), (2.0, 3.0)]) == pytest.approx(10.0)  # a nested call counts once
+
+
+def test_orchestration_bench_times_every_component_call_it_names(monkeypatch):
+    import importlib
+
+    bench = _load("orchestration_overhead")
+    for module_name, attribute in bench.COMPONENT_CALLS:  # each name still exists: a rename must fail here
+        monkeypatch.setattr(importlib.import_module(module_name), attribute,
+                            getattr(importlib.import_module(module_name), attribute))
+    intervals = bench.instrument()
+    from components.runtime import stage_cache  # any module: time a call through the same wrapper
+
+    monkeypatch.setattr(stage_cache, "digest", stage_cache.digest)
+    timed = bench.instrument([("components.runtime.stage_cache", "digest")])
+    assert stage_cache.digest({"a": 1}) == stage_cache.digest({"a": 1})
+    assert len(timed["stage_cache.digest"]) == 2 and intervals == {}

@@ -67,3 +67,11 @@ def test_switching_off_an_unknown_rule_is_refused():
     assert FilterConfig(disabled_rules=["nsfw"]).enabled("image_too_small")
     with pytest.raises(ValidationError):
         FilterConfig(disabled_rules=["missing_image"])  # decoding checks cannot be switched off
+
+
+def test_a_ray_client_address_is_refused_with_what_to_use_instead(tmp_path):
+    from components.runtime.ray_cluster import connect
+
+    cfg = load_config(None, [f"storage.home={tmp_path}", "ray.address=ray://head:10001"])
+    with pytest.raises(ValueError, match="Ray Client cannot run Ray Data"):
+        connect(cfg)
