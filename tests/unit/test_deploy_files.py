@@ -111,7 +111,8 @@ def test_shell_scripts_are_valid_and_executable(path):
 def test_prefect_deployments_point_at_a_real_flow(monkeypatch):
     project = _one(ROOT / "prefect.yaml")
     deployments = {d["name"]: d for d in project["deployments"]}
-    assert {"align-retrain-nightly", "align-retrain-paper-b7"} <= set(deployments)
+    assert {"align-retrain-nightly", "align-retrain-on-demand", "align-retrain-paper-b7"} <= set(deployments)
+    assert deployments["align-retrain-on-demand"]["schedules"] == []  # runs only when asked
     import flows.lifecycle
 
     for name, deployment in deployments.items():
