@@ -18,6 +18,7 @@
     align report [--runs ID ... | --parent ID | --last N] [--out PATH]
                                                     static HTML report comparing runs (default: the newest 10)
     align ui [--port 5000]                          MLflow UI on 127.0.0.1; prints where Prefect and Ray are
+    align experiment SPEC [key=value ...]           an experiment's trials as child runs of one parent, compared
 
 Environment is prepared here, before Prefect/Ray/MLflow are imported, so nothing happens at import.
 """
@@ -83,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
         "--prefect-port", type=int, default=4200, help="local Prefect server's port, started when PREFECT_API_URL is unset"
     )
     verb("config", "print the resolved config")
+    experiment = sub.add_parser("experiment", help="run an experiment spec's trials as MLflow child runs of one parent")
+    experiment.add_argument("spec", help="experiment YAML (see configs/experiments/)")
+    experiment.add_argument("overrides", nargs="*", help="key=value overrides for every trial, e.g. storage.home=/tmp/x")
     report = verb("report", "write a static HTML report comparing runs: params, metrics, loss curves, R@K, gate, versions")
     chosen = report.add_mutually_exclusive_group()
     chosen.add_argument("--runs", nargs="+", default=None, metavar="ID", help="these MLflow run ids, in this order")
@@ -164,12 +168,28 @@ def _report_verb(args: argparse.Namespace, cfg: AlignConfig) -> int:
     return 0
 
 
+def _experiment_verb(args: argparse.Namespace) -> int:
+    from components.experiments.spec import expand, load_spec, trial_config
+
+    spec = load_spec(args.spec, list(args.overrides))
+    _prepare_environment(trial_config(spec, expand(spec)[0]))
+    from components.experiments.compare import to_markdown
+    from flows.experiment import run_experiment
+
+    result = run_experiment(spec)
+    print(to_markdown(result["table"], f"Experiment {spec.name} (parent run {result['parent_run_id']})"))
+    print(f"report: align report --parent {result['parent_run_id']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     if getattr(args, "address", None):  # one more override, so it goes wherever the overrides go
         args.overrides = [*args.overrides, f"ray.address={args.address}"]
+    if args.verb == "experiment":
+        return _experiment_verb(args)
     cfg = load_config(args.config, getattr(args, "overrides", []))
     _prepare_environment(cfg)
     config = cfg.model_dump()

@@ -13,7 +13,7 @@ they act on the registry's and the cluster's current state, and both are idempot
 from prefect import flow, get_run_logger
 
 from components.config import AlignConfig
-from components.runtime.stage_cache import StageCache, StageKey, file_digest, run_cached, tree_fingerprint
+from components.runtime.stage_cache import StageCache, StageKey, digest, file_digest, run_cached, tree_fingerprint
 from flows.tasks import (
     data_report_artifact,
     deploy_task,
@@ -55,12 +55,15 @@ def ingest_flow(config: AlignConfig) -> dict:
     return out
 
 
-def train_key(cfg: AlignConfig, dataset: dict) -> StageKey:
-    return StageKey("train", {
+def train_key(cfg: AlignConfig, dataset: dict, run_tags: dict[str, str] | None = None) -> StageKey:
+    inputs = {
         "model": cfg.section_hash("model"), "train": cfg.section_hash("train"), "seed": str(cfg.seed),
         "recipe": cfg.name, "experiment": cfg.registry.experiment, "tracking": cfg.storage.tracking_uri,
         "dataset": dataset["content_hash"],
-    })
+    }
+    if run_tags:  # a trial of an experiment is its own run, not a lifecycle's run with the same config
+        inputs["run_tags"] = digest(run_tags)
+    return StageKey("train", inputs)
 
 
 def _run_exists(cfg: AlignConfig, run_id: str) -> bool:
@@ -75,7 +78,9 @@ def _run_exists(cfg: AlignConfig, run_id: str) -> bool:
 
 
 @flow(name="align-train")
-def train_flow(config: AlignConfig, dataset: dict | None = None, run_id: str | None = None) -> dict:
+def train_flow(
+    config: AlignConfig, dataset: dict | None = None, run_id: str | None = None, run_tags: dict[str, str] | None = None
+) -> dict:
     """Train in a new MLflow run, or resume ``run_id`` from its last checkpoint.
 
     A lifecycle re-run after a crash finds the run its key started and resumes it; a finished key
@@ -87,7 +92,7 @@ def train_flow(config: AlignConfig, dataset: dict | None = None, run_id: str | N
 
     cfg, logger = config, get_run_logger()
     dataset = dataset or ingest_flow(cfg)
-    cache, key = stage_cache(cfg), train_key(cfg, dataset)
+    cache, key = stage_cache(cfg), train_key(cfg, dataset, run_tags)
     if run_id is None:  # an explicit run id is a request to (re)train that run, not a cache query
         done = cache.lookup(key)
         if done and _run_exists(cfg, done["run_id"]) and (Path(done["artifact_dir"]) / WEIGHTS_FILE).is_file():
@@ -99,7 +104,7 @@ def train_flow(config: AlignConfig, dataset: dict | None = None, run_id: str | N
             run_id = started["run_id"]
             logger.info("train: resuming run %s, which an earlier attempt started (%s)", run_id, key.digest)
     if run_id is None:
-        run_id = with_retries(start_run_task, cfg)(cfg, dataset)
+        run_id = with_retries(start_run_task, cfg)(cfg, dataset, run_tags)
         cache.mark_started(key, {"run_id": run_id})
     trained = train_task(cfg, dataset["kept_uri"], run_id, dataset["retrieval_json"])
     out = {"run_id": run_id, "artifact_dir": trained.artifact_dir, "checkpoint": trained.checkpoint_path,
@@ -112,8 +117,6 @@ def train_flow(config: AlignConfig, dataset: dict | None = None, run_id: str | N
 
 def _evaluation_sets_fingerprint(cfg: AlignConfig, corpus) -> str:
     from pathlib import Path
-
-    from components.runtime.stage_cache import digest
 
     paths = {corpus.retrieval_json, corpus.classification_dir, *(s.path for s in cfg.eval.suites if s.path)}
     return digest({path: tree_fingerprint(path) for path in sorted(p for p in paths if p and Path(p).exists())})

@@ -42,8 +42,9 @@ def ingest_task(cfg: AlignConfig):
 
 
 @task(name="start-mlflow-run", cache_policy=NONE)
-def start_run_task(cfg: AlignConfig, dataset: dict) -> str:
-    """Open the lifecycle's MLflow run, linked to the filtered dataset (``ingest_flow``'s output)."""
+def start_run_task(cfg: AlignConfig, dataset: dict, extra_tags: dict[str, str] | None = None) -> str:
+    """Open the lifecycle's MLflow run, linked to the filtered dataset (``ingest_flow``'s output);
+    ``extra_tags`` nest it, e.g. as an experiment trial under its parent run."""
     from components.registry.store import git_commit
     from components.runtime.tracking import log_dataset, prepare_tracking, start_lifecycle_run
 
@@ -53,8 +54,9 @@ def start_run_task(cfg: AlignConfig, dataset: dict) -> str:
         "align.git_commit": git_commit(),
         "align.dataset_content_hash": dataset["content_hash"],
         "align.recipe": cfg.name,
-    }
-    run_id = start_lifecycle_run(cfg, tags, run_name=f"{cfg.name}-seed{cfg.seed}")
+    } | dict(extra_tags or {})
+    run_name = tags.get("align.trial") or f"{cfg.name}-seed{cfg.seed}"
+    run_id = start_lifecycle_run(cfg, tags, run_name=run_name)
     log_dataset(cfg.storage.tracking_uri, run_id, dataset["dataset_uri"], dataset["manifest"], dataset["report"])
     return run_id
 

@@ -15,40 +15,18 @@ tokenizer), open_clip-style: the test is about what a trained model does in serv
 
 from __future__ import annotations
 
-import itertools
 import random
 from pathlib import Path
 
 import numpy as np
 
-COLOURS = ("red", "green", "blue", "yellow")
-SHAPES = ("circle", "square", "triangle", "cross")
-COMBINATIONS = tuple(itertools.product(COLOURS, SHAPES))
+from components.evaluation.arithmetic import COMBINATIONS, DRAW_SIZE, draw
+
 FULL_TEMPLATES = ("a {c} {s}", "a photo of a {c} {s}", "{c} {s}", "a drawing of a {c} {s}")
 COLOUR_ONLY = ("something {c}", "a {c} shape", "{c}")
 SHAPE_ONLY = ("a {s}", "a {s} shape", "{s}")
 PARTIAL_SHARE = 0.15  # of captions naming only the colour, and again of those naming only the shape
 PRETRAINED_RECIPE = "real-openclipart-gimp-pretrained.yaml"
-
-
-def centred_scene(colour: str, shape: str, rng: random.Random):
-    """One large object near the centre on plain grey, with small jitter in place, size, angle and tint."""
-    from components.data.scenes import COLOURS as RGB
-    from components.data.scenes import Scene, SceneObject
-
-    def jitter() -> float:
-        return rng.uniform(-1.0, 1.0)
-
-    rgb = tuple(min(255, max(0, v + int(12 * jitter()))) for v in RGB[colour])
-    obj = SceneObject(shape, colour, "large", "center", (0.5 + 0.08 * jitter(), 0.5 + 0.08 * jitter()),
-                      0.3 + 0.05 * jitter(), 20 * jitter(), rgb)
-    return Scene("gray", "plain", (obj,), 0.1, (0.0, 0.0), 0, np.zeros((8, 8), np.float32))
-
-
-def draw(colour: str, shape: str, rng: random.Random, size: int):
-    from components.data.scenes import draw_scene
-
-    return draw_scene(centred_scene(colour, shape, rng), size)
 
 
 def caption(colour: str, shape: str, rng: random.Random) -> str:
@@ -60,7 +38,7 @@ def caption(colour: str, shape: str, rng: random.Random) -> str:
     return rng.choice(FULL_TEMPLATES).format(c=colour, s=shape)
 
 
-def train_shape_model(steps: int, size: int = 110, seed: int = 0):
+def train_shape_model(steps: int, size: int = DRAW_SIZE, seed: int = 0):
     """(AlignModel, tokenizer): the pretrained recipe's model trained on ``steps`` batches of all 16
     colour x shape combinations (each once per batch, so no batch holds a false negative)."""
     import torch
@@ -93,7 +71,7 @@ def train_shape_model(steps: int, size: int = 110, seed: int = 0):
     return model.eval(), tokenizer
 
 
-def write_artifact_with_corpus(model, tokenizer, directory: Path, per_combination: int = 3, size: int = 110,
+def write_artifact_with_corpus(model, tokenizer, directory: Path, per_combination: int = 3, size: int = DRAW_SIZE,
                                seed: int = 123) -> list[tuple[str, str]]:
     """Save the model artifact with a search index over fresh drawings of every combination; returns the
     (colour, shape) of each indexed item, in index order (item ids are ``<colour>-<shape>-<n>``)."""

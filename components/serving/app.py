@@ -287,7 +287,7 @@ class ServingDeployment:
         templates = list(templates or DEFAULT_TEMPLATES)
         prompts = [template.format(label) for label in labels for template in templates]
         prompt_emb = np.asarray(await self._texts(model, prompts)).reshape(len(labels), len(templates), -1)
-        from components.serving.searcher import unit
+        from components.model.query import unit
 
         class_emb = unit(unit(prompt_emb).mean(axis=1))  # prompt ensembling, as in evaluation
         image_emb = np.asarray(await self._images(model, images))

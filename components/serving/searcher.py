@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from components.model.query import compose_query, unit
 from components.serving.index import VectorIndex
 
 # Loaders are named by import path so a deployment carries them as plain strings and the registry /
@@ -44,21 +45,6 @@ def resolve_callable(spec: Loader) -> Callable[..., Any]:
 def model_uri(model_name: str, model_version: str | None) -> str:
     """MLflow URI of a pinned version, or of whatever ``champion`` points at when unpinned."""
     return f"models:/{model_name}/{model_version}" if model_version else f"models:/{model_name}@champion"
-
-
-def unit(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
-
-
-def compose_query(base: np.ndarray, modifiers: Sequence[tuple[np.ndarray, float]]) -> np.ndarray:
-    """ALIGN's multimodal query: normalise each part, ``base + Σ wᵢ·textᵢ``, renormalise."""
-    query = unit(base).copy()
-    for vector, weight in modifiers:
-        query += float(weight) * unit(vector)
-    if not np.isfinite(query).all() or np.linalg.norm(query) < 1e-6:
-        raise ValueError("the modifiers cancel the query out; use smaller weights")
-    return unit(query)
 
 
 @dataclass(frozen=True)

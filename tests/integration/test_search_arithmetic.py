@@ -15,15 +15,16 @@ import random
 import pytest
 from fastapi.testclient import TestClient
 
+from components.evaluation.arithmetic import COLOURS, COMBINATIONS, DRAW_SIZE, draw
 from components.model.artifact import load_encoder
 from components.serving.app import ServingDeployment
 from components.serving.http import http_api
-from tests.shape_model import COLOURS, COMBINATIONS, draw, train_shape_model, write_artifact_with_corpus
+from tests.shape_model import train_shape_model, write_artifact_with_corpus
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STEPS = 300
-SIZE = 110  # drawn at the recipe's resize_short side; its preprocessing crops 96 px
+SIZE = DRAW_SIZE  # the recipe's resize_short side; its preprocessing crops 96 px
 # Swaps answered right over all 16 x 3. Measured while writing this test (weight 2, three seeds and
 # caption mixes): 44-48 of 48. The floor is far above chance: among items of the right colour, 1 in 4
 # also has the right shape.

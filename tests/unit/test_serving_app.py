@@ -11,10 +11,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from components.config import ServeConfig
+from components.model.query import compose_query, unit
 from components.serving.app import ServingDeployment
 from components.serving.deploy import _require_loopback, endpoint_url, wait_until_ready
 from components.serving.http import http_api
-from components.serving.searcher import SearchQuery, compose_query, load_serving_model, resolve_callable, unit
+from components.serving.searcher import SearchQuery, load_serving_model, resolve_callable
 from tests.serving_fakes import CAPTIONS, FakeEncoder, fake_embed, make_registry, set_alias
 
 LOADERS = {

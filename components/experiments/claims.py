@@ -1,0 +1,94 @@
+"""ALIGN's claims as checks over an experiment's comparison table: each holds or not, with by how much.
+
+A claim names the trials it compares and the metric it reads; nothing is tuned here, the verdict is
+computed from whatever the trials measured. Three kinds cover the paper's claims:
+- ``better``: trial ``better`` scores above trial ``worse`` on ``metric`` (data scale vs noise, number
+  of negatives);
+- ``temperature``: the ``learnable`` trial's final temperature lands near the best of the ``fixed``
+  trials (by ``metric``), within a factor ``tolerance``; the paper's learnable temperature converged
+  near 1/64, and a fixed 1/32 was clearly worse;
+- ``at_least``: ``trial`` reaches ``at_least`` on ``metric`` (the image + text arithmetic probe).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TEMPERATURE_METRIC = "train/temperature"
+
+
+class ClaimSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    statement: str = ""  # the paper's claim in words, shown in the report
+    kind: Literal["better", "temperature", "at_least"]
+    metric: str = "retrieval/mean_recall"
+    better: str = ""  # kind better: the trial expected to score higher ...
+    worse: str = ""  # ... than this one
+    learnable: str = ""  # kind temperature: the trial with a learnable temperature ...
+    fixed: dict[str, float] = Field(default_factory=dict)  # ... against these fixed-temperature trials (name -> T)
+    tolerance: float = Field(2.0, gt=1.0)  # "near": within this factor of the best fixed temperature
+    trial: str = ""  # kind at_least: the trial whose ``metric`` ...
+    at_least: float = 0.0  # ... must reach this (set before the run, from the claim, not from results)
+
+    def trials(self) -> list[str]:
+        return {"better": [self.better, self.worse], "temperature": [self.learnable, *self.fixed],
+                "at_least": [self.trial]}[self.kind]
+
+
+def _row(table: dict, trial: str) -> dict:
+    for row in table["rows"]:
+        if row["trial"] == trial:
+            return row
+    raise KeyError(f"no trial {trial!r} in the experiment")
+
+
+def _value(table: dict, trial: str, metric: str) -> float | None:
+    value = _row(table, trial).get(metric)
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def check(claim: ClaimSpec, table: dict) -> dict:
+    """The verdict: ``holds`` (True/False, None when a number is missing), the numbers, and a sentence."""
+    if claim.kind == "better":
+        high, low = _value(table, claim.better, claim.metric), _value(table, claim.worse, claim.metric)
+        if high is None or low is None:
+            return {"claim": claim.name, "holds": None, "detail": f"{claim.metric} missing for a trial"}
+        margin = high - low
+        return {"claim": claim.name, "holds": margin > 0, "metric": claim.metric, claim.better: high,
+                claim.worse: low, "margin": margin,
+                "detail": f"{claim.better} {high:.4f} vs {claim.worse} {low:.4f} on {claim.metric}: "
+                          f"{'+' if margin >= 0 else ''}{margin:.4f}"}
+    if claim.kind == "at_least":
+        value = _value(table, claim.trial, claim.metric)
+        if value is None:
+            return {"claim": claim.name, "holds": None, "detail": f"{claim.metric} missing for {claim.trial}"}
+        return {"claim": claim.name, "holds": value >= claim.at_least, "metric": claim.metric, "value": value,
+                "margin": value - claim.at_least,
+                "detail": f"{claim.trial} {value:.4f} on {claim.metric} (needs {claim.at_least:g})"}
+    scores = {name: _value(table, name, claim.metric) for name in claim.fixed}
+    learned = _value(table, claim.learnable, TEMPERATURE_METRIC)
+    if learned is None or any(v is None for v in scores.values()):
+        return {"claim": claim.name, "holds": None, "detail": f"{claim.metric} or the learned temperature missing"}
+    best = max(scores, key=lambda name: scores[name])
+    ratio = learned / claim.fixed[best]
+    factor = max(ratio, 1 / ratio)
+    learnable_score = _value(table, claim.learnable, claim.metric)
+    return {"claim": claim.name, "holds": factor <= claim.tolerance, "metric": claim.metric,
+            "learned_temperature": learned, "best_fixed": best, "best_fixed_temperature": claim.fixed[best],
+            "factor": factor, "scores": scores, "learnable_score": learnable_score,
+            "detail": f"learned T={learned:.4f} (1/{1 / learned:.0f}); best fixed {best} T={claim.fixed[best]:.4f} "
+                      f"scores {scores[best]:.4f}; off by x{factor:.2f} (near means within x{claim.tolerance:g})"}
+
+
+def claims_markdown(verdicts: list[dict], claims: list[ClaimSpec]) -> str:
+    statements = {c.name: c.statement for c in claims}
+    lines = ["## Claims", "", "| claim | holds | numbers |", "|---|---|---|"]
+    for v in verdicts:
+        mark = {True: "yes", False: "**no**", None: "not measured"}[v["holds"]]
+        lines.append(f"| {v['claim']}: {statements.get(v['claim'], '')} | {mark} | {v['detail']} |")
+    return "\n".join(lines) + "\n"
