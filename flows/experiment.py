@@ -37,18 +37,12 @@ def trial_task(spec: ExperimentSpec, trial: Trial, parent_run_id: str, dataset: 
 @task(name="arithmetic-probe", cache_policy=NONE)
 def arithmetic_task(artifact_dir: str, run_id: str, tracking_uri: str) -> dict[str, float]:
     """The trial's model on image + text arithmetic, logged to its run as ``arithmetic/*``."""
-    import time
-
-    import mlflow
-    from mlflow.entities import Metric
-
     from components.evaluation.arithmetic import arithmetic_probe
+    from components.experiments.runs import log_metrics
     from components.model.artifact import load_encoder
 
     metrics = {f"arithmetic/{k}": v for k, v in arithmetic_probe(load_encoder(artifact_dir)).items()}
-    now = int(time.time() * 1000)
-    mlflow.MlflowClient(tracking_uri=tracking_uri).log_batch(
-        run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+    log_metrics(tracking_uri, run_id, metrics)
     return metrics
 
 

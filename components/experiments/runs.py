@@ -31,3 +31,14 @@ def start_parent_run(cfg: AlignConfig, spec: ExperimentSpec) -> str:
 
 def child_tags(parent_run_id: str, experiment: str, trial: str) -> dict[str, str]:
     return {PARENT_TAG: parent_run_id, EXPERIMENT_TAG: experiment, "align.trial": trial}
+
+
+def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float]) -> None:
+    """Log a trial's extra numbers (e.g. the arithmetic probe) to its run in one call."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    mlflow.MlflowClient(tracking_uri=tracking_uri).log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])

@@ -37,6 +37,7 @@ def test_trials_are_child_runs_of_one_parent(experiment, ray_home):
     assert {c.info.run_id for c in children} == {row["run_id"] for row in first["table"]["rows"]}
     for child in children:
         assert "retrieval/mean_recall" in child.data.metrics  # evaluated like any lifecycle run
+        assert 0.0 <= child.data.metrics["arithmetic/swap_acc"] <= 1.0  # and probed
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
     assert artifacts == {"comparison/table.md", "comparison/table.csv", "comparison/table.json", "comparison/metrics.png"}
 
