@@ -44,10 +44,23 @@ _HIT_COLOUR = "#2ca02c"
 _MISS_COLOUR = "#d62728"
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A figure on matplotlib's object API (no pyplot state), laid out for saving as PNG."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """``fig`` as PNG bytes (for embedding or logging), dropping its artists so the memory goes now."""
+    import io
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=DPI)
+    finally:
+        fig.clear()
+    return buffer.getvalue()
 
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
@@ -103,7 +116,7 @@ def plot_recall_bars(metrics: Mapping[str, float], path: str | os.PathLike[str],
     directions = [d for d in _DIRECTION_ORDER if d in table] + sorted(set(table) - set(_DIRECTION_ORDER))
     ks = sorted({k for per_k in table.values() for k in per_k})
 
-    fig = _new_figure(max(5.0, 1.2 + 0.7 * len(directions) * len(ks)), 4.2)
+    fig = new_figure(max(5.0, 1.2 + 0.7 * len(directions) * len(ks)), 4.2)
     ax = fig.add_subplot()
     width = 0.8 / len(ks)
     for i, k in enumerate(ks):
@@ -188,7 +201,7 @@ def plot_confusion_matrix(
     vmax = 1.0 if normalise else max(float(values.max()), 1.0)
 
     side = min(_CONFUSION_MAX_INCHES, max(5.0, 2.5 + 0.45 * n))
-    fig = _new_figure(side + 1.0, side)  # +1 in for the colour bar
+    fig = new_figure(side + 1.0, side)  # +1 in for the colour bar
     ax = fig.add_subplot()
     # Sharp cells while each gets a few pixels; beyond that, smoothing keeps off-diagonal mass visible
     # where nearest-neighbour sampling would drop whole rows.
@@ -289,7 +302,7 @@ def plot_top_images(
     """
     k = _validate_top_images(queries, images, scores, hits)
     rows = len(queries)
-    fig = _new_figure(2.8 + 2.0 * k, 0.4 * bool(title) + 2.3 * rows)
+    fig = new_figure(2.8 + 2.0 * k, 0.4 * bool(title) + 2.3 * rows)
     axes = fig.subplots(rows, k + 1, squeeze=False, gridspec_kw={"width_ratios": [1.4] + [1.0] * k})
     for q, query in enumerate(queries):
         text_ax = axes[q, 0]

@@ -62,13 +62,11 @@ def to_csv(table: dict) -> str:
 
 def metric_plot(table: dict, metrics: list[str]) -> bytes:
     """One horizontal bar panel per metric, a bar per trial, as PNG bytes (Agg canvas, no pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from components.evaluation.plots import new_figure, png_bytes
 
     metrics = [m for m in metrics if any(row[m] is not None for row in table["rows"])] or table["columns"][:1]
     trials = [row["trial"] for row in table["rows"]]
-    figure = Figure(figsize=(4.5 * len(metrics), 0.45 * len(trials) + 1.5))
-    FigureCanvasAgg(figure)
+    figure = new_figure(4.5 * len(metrics), 0.45 * len(trials) + 1.5)
     for i, metric in enumerate(metrics):
         axes = figure.add_subplot(1, len(metrics), i + 1)
         values = [row[metric] if row[metric] is not None else 0.0 for row in table["rows"]]
@@ -76,10 +74,7 @@ def metric_plot(table: dict, metrics: list[str]) -> bytes:
         axes.set_yticks(range(len(trials)), trials if i == 0 else [""] * len(trials), fontsize=8)
         axes.invert_yaxis()
         axes.set_title(metric, fontsize=9)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
+    return png_bytes(figure)
 
 
 def log_comparison(tracking_uri: str, parent_run_id: str, results: list[TrialResult], title: str) -> dict:

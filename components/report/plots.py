@@ -1,25 +1,24 @@
 """The report's figures, as ``data:image/png;base64`` URIs so the HTML file carries them inline.
 
-Built on ``matplotlib.figure.Figure`` with an Agg canvas attached in each function, never through
-``pyplot`` (no process-wide backend switch, no global figure registry), and matplotlib is imported inside
-the functions so importing this module stays cheap. Every function returns None when no run has the data.
+Built with the evaluation plots' ``new_figure`` / ``png_bytes`` on ``matplotlib.figure.Figure``, never
+through ``pyplot`` (no process-wide backend switch, no global figure registry); matplotlib is imported
+inside the functions so importing this module stays cheap. Every function returns None when no run has the data.
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import math
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from components.evaluation.plots import new_figure, png_bytes
 from components.report.collect import RunRecord
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-DPI = 100
 # MLflow forbids "@", so R@K is logged as "R_at_K": "<suite>/<direction>/R_at_<K>" (suite may be "val").
 RECALL_METRIC = re.compile(r"^(?P<suite>.+)/(?P<direction>[^/]+)/R_at_(?P<k>[1-9][0-9]*)$")
 # Top-1 accuracies of the classification suites: "<suite>/acc1" (zero-shot) and "<suite>/k<K>/acc1" (kNN).
@@ -43,22 +42,8 @@ def _style(index: int) -> dict:
     return {"color": f"C{index % 10}", "linestyle": ("-", "--", ":", "-.")[(index // 10) % 4]}
 
 
-def _figure(width: float, height: float) -> Figure:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _data_uri(fig: Figure) -> str:
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=DPI)
-    finally:
-        fig.clear()
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png_bytes(fig)).decode("ascii")
 
 
 def _legend(fig: Figure, axes_list, columns: int) -> None:
@@ -76,7 +61,7 @@ def loss_curves(runs: Sequence[RunRecord]) -> str | None:
     """Training loss against step, one line per run."""
     if not any(run.loss_history for run in runs):
         return None
-    fig = _figure(8.0, 4.5)
+    fig = new_figure(8.0, 4.5)
     ax = fig.add_subplot()
     for index, run in enumerate(runs):
         if run.loss_history:
@@ -110,7 +95,7 @@ def recall_curves(runs: Sequence[RunRecord]) -> str | None:
         return None
     columns = min(3, len(panels))
     rows = math.ceil(len(panels) / columns)
-    fig = _figure(4.0 * columns, 3.2 * rows + 0.6)
+    fig = new_figure(4.0 * columns, 3.2 * rows + 0.6)
     axes = []
     for position, (suite, direction) in enumerate(panels, start=1):
         ax = fig.add_subplot(rows, columns, position)
@@ -135,7 +120,7 @@ def accuracy_bars(runs: Sequence[RunRecord]) -> str | None:
     if not names:
         return None
     having = [(index, run) for index, run in enumerate(runs) if any(name in run.metrics for name in names)]
-    fig = _figure(max(6.0, 1.0 + 0.35 * len(names) * len(having)), 4.0)
+    fig = new_figure(max(6.0, 1.0 + 0.35 * len(names) * len(having)), 4.0)
     ax = fig.add_subplot()
     width = 0.8 / len(having)
     for slot, (index, run) in enumerate(having):  # index keeps each run's colour the same as elsewhere

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from components.config import AlignConfig, StorageConfig
 from components.report.collect import redact_uri
+from components.runtime.local_server import listening, start_server, stop_server
 
 HOST = "127.0.0.1"
 RAY_DASHBOARD_PORT = 8265  # Ray's default; the local head is started without another (runtime/ray_cluster.py)
@@ -53,14 +50,6 @@ def mlflow_ui_command(storage: StorageConfig, port: int) -> list[str]:
 
 def mlflow_url(storage: StorageConfig, port: int) -> str:
     return redact_uri(storage.tracking_uri) if is_tracking_server(storage.tracking_uri) else f"http://{HOST}:{port}"
-
-
-def listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 def prefect_location(
@@ -113,14 +102,6 @@ def _host_port(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def start_mlflow_ui(
     storage: StorageConfig, port: int, log: Path | None = None, timeout_s: float = START_TIMEOUT_S
 ) -> subprocess.Popen:
@@ -130,45 +111,12 @@ def start_mlflow_ui(
     if storage.tracking_uri.startswith("sqlite:///"):
         Path(storage.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     cwd = storage.home if storage.home and "://" not in storage.home and Path(storage.home).is_dir() else None
-    output = log.open("ab") if log is not None else None
-    try:
-        process = subprocess.Popen(
-            mlflow_ui_command(storage, port), env={**_SERVER_ENV, **os.environ}, cwd=cwd,
-            stdout=output, stderr=subprocess.STDOUT if output else None, start_new_session=True,
-        )
-    finally:
-        if output is not None:
-            output.close()  # the child has its own copy
-    url, deadline = mlflow_url(storage, port), time.monotonic() + timeout_s
-    try:
-        while not _healthy(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                exited = process.poll() is not None
-                why = f"exited with {process.returncode}" if exited else f"not healthy within {timeout_s:.0f} s"
-                raise RuntimeError(f"the MLflow UI {why}" + (f"; see {log}" if log else ""))
-            time.sleep(0.3)
-    except BaseException:  # failed, or interrupted while waiting: leave nothing running
-        stop_mlflow_ui(process)
-        raise
-    return process
+    return start_server(mlflow_ui_command(storage, port), f"{mlflow_url(storage, port)}/health", "MLflow UI",
+                        timeout_s, env={**_SERVER_ENV, **os.environ}, log=log, cwd=cwd)
 
 
 def stop_mlflow_ui(process: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGTERM the UI's process group (ours alone: it was started in a new session), SIGKILL leftovers."""
-    def signal_group(sig: int) -> None:
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    if process.poll() is None:
-        signal_group(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            signal_group(signal.SIGKILL)
-            process.wait(timeout=grace_s)
-    signal_group(signal.SIGKILL)  # a uvicorn worker may outlive the CLI process
+    stop_server(process, grace_s)
 
 
 def _interrupt(signum, frame) -> None:

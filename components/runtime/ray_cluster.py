@@ -36,12 +36,10 @@ def free_port() -> int:
 
 
 def _listening(address: str) -> bool:
+    from components.runtime.local_server import listening
+
     host, port = address.rsplit(":", 1)
-    try:
-        with socket.create_connection((host, int(port)), timeout=1.0):
-            return True
-    except OSError:
-        return False
+    return listening(host, int(port))
 
 
 def _auth_env() -> dict[str, str]:
