@@ -177,8 +177,12 @@ def _experiment_verb(args: argparse.Namespace) -> int:
     from flows.experiment import run_experiment
 
     result = run_experiment(spec)
-    print(to_markdown(result["table"], f"Experiment {spec.name} (parent run {result['parent_run_id']})"))
-    print(f"report: align report --parent {result['parent_run_id']}")
+    parent = result["parent_run_id"]
+    print(to_markdown(result["table"], f"Experiment {spec.name}"))
+    print(f"parent run: {parent}")
+    # The report must read the same state folder: repeat the storage overrides the study was given.
+    storage = [override for override in spec.overrides if override.startswith("storage.")]
+    print("report: " + " ".join(["align report --parent", parent, *storage]))
     return 0
 
 

@@ -1,7 +1,8 @@
 """Model inputs from the stored pairs (JPEG bytes + text), inside each train worker, in a resumable order.
 
-Decoding and augmentation run in the worker that consumes the batch, so the data path scales with the
-number of workers and its cost shows up in the logged data-wait time. The order of batches is a pure
+Decoding and augmentation run in the worker that consumes the batch (ahead of the step, in
+``train.decode_threads`` helper threads, when set), so the data path scales with the number of workers
+and its cost shows up in the logged data-wait time. The order of batches is a pure
 function of (seed, rank, epoch), so a resumed run continues with exactly the batches the interrupted
 one would have seen next.
 """
@@ -11,7 +12,10 @@ from __future__ import annotations
 import hashlib
 import io
 import random
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -22,28 +26,62 @@ from components.model.artifact import tokenize
 from components.model.preprocess import build_pipeline, to_batch
 from components.train.checkpointing import Position
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 
 class BatchBuilder:
-    """Decode, augment and tokenize one batch; the augmentation draws from the generator it is given."""
+    """Decode, augment and tokenize one batch; its crops and flips depend only on the seed it is given.
+
+    Images and texts are built separately so images can be decoded in helper threads (``prefetch``)
+    while the tokenizer, which must not be shared between threads, stays in the training thread.
+    """
 
     def __init__(self, cfg: ModelConfig, tokenizer, mean, std):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.mean, self.std = mean, std
-        self._rng = random.Random(0)
-        # The pipeline's steps hold this generator; reseeding it per batch makes a batch's crops and
-        # flips depend only on the seed it is given, not on what ran before.
-        self.augment = build_pipeline(cfg.train_preprocess, rng=self._rng)
+
+    def images(self, batch: dict, seed: int) -> torch.Tensor:
+        # A generator of its own per batch: safe from any thread, and the same crops wherever it runs.
+        augment = build_pipeline(self.cfg.train_preprocess, rng=random.Random(seed))
+        images = [augment(Image.open(io.BytesIO(data))) for data in batch["image"]]
+        return to_batch(images, self.mean, self.std, self.cfg.channels_last)
+
+    def texts(self, batch: dict) -> dict[str, torch.Tensor]:
+        tokens = tokenize(self.tokenizer, [str(t) for t in batch["text"]], self.cfg)
+        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
     def __call__(self, batch: dict, seed: int) -> dict[str, torch.Tensor]:
-        self._rng.seed(seed)
-        images = [self.augment(Image.open(io.BytesIO(data))) for data in batch["image"]]
-        tokens = tokenize(self.tokenizer, [str(t) for t in batch["text"]], self.cfg)
-        return {
-            "images": to_batch(images, self.mean, self.std, self.cfg.channels_last),
-            "input_ids": tokens["input_ids"],
-            "attention_mask": tokens["attention_mask"],
-        }
+        return {"images": self.images(batch, seed)} | self.texts(batch)
+
+
+def prefetch(items: Iterable[T], build: Callable[[T], R], threads: int) -> Iterator[tuple[T, R]]:
+    """``(item, build(item))`` in order, with up to ``2 * threads`` items built ahead in a thread pool.
+
+    Why: decoding JPEGs in the training thread leaves an accelerator waiting on every step. Pillow
+    releases the GIL while it decodes and resizes, so a few threads keep up with a GPU step. ``items``
+    is still advanced in the calling thread (a Ray Data iterator stays where it was made). With
+    ``threads`` 0 every item is built inline, when it is needed.
+    """
+    if threads <= 0:
+        for item in items:
+            yield item, build(item)
+        return
+    pending: deque[tuple[T, Future]] = deque()
+    with ThreadPoolExecutor(threads, thread_name_prefix="align-decode") as pool:
+        try:
+            for item in items:
+                pending.append((item, pool.submit(build, item)))
+                if len(pending) > 2 * threads:
+                    head, future = pending.popleft()
+                    yield head, future.result()
+            while pending:
+                head, future = pending.popleft()
+                yield head, future.result()
+        finally:  # the consumer stopped early (last step, error): do not build what nobody will use
+            for _, future in pending:
+                future.cancel()
 
 
 def iterate_batches(

@@ -23,7 +23,7 @@ from components.model.artifact import TOKENIZER_DIR
 from components.model.loss import ContrastiveLoss
 from components.model.tokenizer import load_tokenizer
 from components.runtime.metrics import record_training_step
-from components.train.batches import BatchBuilder, iterate_batches
+from components.train.batches import BatchBuilder, iterate_batches, prefetch
 from components.train.checkpointing import Position, restore_checkpoint, save_checkpoint, step_seed
 from components.train.schedule import build_optimizer, build_scheduler
 from components.train.step import train_step
@@ -239,9 +239,12 @@ def _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, tokenizer, re
     window = _Window()
     run_name = ray.train.get_context().get_experiment_name()  # RunConfig.name: the run's checkpoint folder
     fetch_start = time.perf_counter()
-    for epoch, index, raw in iterate_batches(ray.train.get_dataset_shard("train"), cfg, local_batch, rank, world, position):
-        seed = step_seed(cfg.seed, rank, step)
-        inputs = {k: v.to(device) for k, v in build_batch(raw, seed).items()}
+    batches = iterate_batches(ray.train.get_dataset_shard("train"), cfg, local_batch, rank, world, position)
+    # Each batch's augmentation seed is fixed by the step it feeds, so images built ahead are the same.
+    seeded = ((raw, epoch, index, step_seed(cfg.seed, rank, at)) for at, (epoch, index, raw) in enumerate(batches, start=step))
+    decoded = prefetch(seeded, lambda item: build_batch.images(item[0], item[3]), cfg.train.decode_threads)
+    for (raw, epoch, index, seed), images in decoded:
+        inputs = {k: v.to(device) for k, v in ({"images": images} | build_batch.texts(raw)).items()}
         torch.manual_seed(seed)  # dropout masks of this step, whatever ran before it
         compute_start = time.perf_counter()
         loss, temperature = train_step(model, loss_fn, optimizer, scheduler, inputs, cfg.train.precision, step)

@@ -174,7 +174,8 @@ def test_a_lost_worker_restarts_from_the_last_checkpoint_and_the_run_ends_as_if_
     run_training(cfg, kept, "reference", str(tmp_path / "reference"), cfg.storage.tracking_uri, reference_run)
     reference = _last_per_step(_losses(client, reference_run))
 
-    cfg, client, run_id = make(steps, max_failures=2)
+    # This run also decodes its images ahead in helper threads: it must still match the inline reference.
+    cfg, client, run_id = make(steps, max_failures=2, decode_threads=2)
     thread, outcome = _train_in_background(cfg, kept, "faulty", tmp_path, client, run_id)
     _kill_a_worker_after(tmp_path / "checkpoints" / "faulty", 4, ray_home)
     assert max(step for step, _ in _losses(client, run_id)) < steps  # the worker died mid-run

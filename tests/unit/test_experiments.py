@@ -149,3 +149,31 @@ def test_an_at_least_claim_reads_one_trial():
     claim = ClaimSpec(name="arithmetic", kind="at_least", trial="base", metric="arithmetic/swap_acc", at_least=0.5)
     assert check(claim, _table([("base", {"arithmetic/swap_acc": 0.25})]))["holds"] is False
     assert check(claim, _table([("base", {"arithmetic/swap_acc": 0.75})]))["margin"] == pytest.approx(0.25)
+
+
+def test_the_gpu_study_is_the_cpu_study_arm_for_arm_on_one_gpu():
+    cpu, gpu = (load_spec(PROJECT_ROOT / "configs" / "experiments" / f"align-claims-{kind}.yaml") for kind in ("cpu", "gpu"))
+    assert [t.name for t in expand(gpu)] == [t.name for t in expand(cpu)]
+    assert [c.model_dump() for c in gpu.claims] == [c.model_dump() for c in cpu.claims]  # same thresholds
+    trials = {t.name: trial_config(gpu, t) for t in expand(gpu)}
+    baseline = trials["baseline"]
+    assert (baseline.train.use_gpu, baseline.train.num_workers, baseline.train.precision) == (True, 1, "bf16")
+    assert trials["half-negatives"].train.global_batch_size * 2 == baseline.train.global_batch_size
+    pairs = {name: cfg.train.global_batch_size * cfg.train.steps for name, cfg in trials.items()}
+    assert set(pairs.values()) == {pairs["baseline"]}, "every arm sees the same number of pairs"
+
+
+def test_align_experiment_prints_the_parent_and_a_report_command_for_the_same_state(tmp_path, monkeypatch, capsys):
+    import flows.experiment
+    from align_cli.main import main
+
+    spec_path = tmp_path / "exp.yaml"
+    spec_path.write_text("name: small\ntrials:\n  - name: base\n  - name: more\n    overrides: [train.steps=7]\n")
+    table = _table([("base", {"retrieval/mean_recall": 0.5}), ("more", {"retrieval/mean_recall": 0.25})])
+    ran = []
+    monkeypatch.setattr(flows.experiment, "run_experiment", lambda spec: ran.append(spec) or {"parent_run_id": "p1", "table": table})
+    assert main(["experiment", str(spec_path), f"storage.home={tmp_path}", "seed=3"]) == 0
+    out = capsys.readouterr().out
+    assert [t.name for t in expand(ran[0])] == ["base", "more"]
+    assert "| more |" in out and "parent run: p1\n" in out
+    assert f"report: align report --parent p1 storage.home={tmp_path}\n" in out

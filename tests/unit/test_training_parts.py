@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from components.config import AlignConfig, TrainConfig
-from components.train.batches import iterate_batches
+from components.train.batches import iterate_batches, prefetch
 from components.train.checkpointing import Position, step_seed
 from components.train.loop import _Window, sync_batchnorm
 from components.train.step import autocast, train_step
@@ -121,3 +121,59 @@ def test_a_tokenizer_path_without_a_tokenizer_is_a_clear_error(tmp_path):
     cfg.model.text = cfg.model.text.model_copy(update={"tokenizer": "pretrained", "tokenizer_path": str(tmp_path)})
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         fit_tokenizer(cfg, dataset=None)
+
+
+@pytest.mark.parametrize("threads", [0, 1, 3])
+def test_prefetch_yields_every_item_in_order_and_builds_at_most_a_bounded_distance_ahead(threads):
+    started: list[int] = []
+
+    def build(item: int) -> int:
+        started.append(item)
+        return item * item
+
+    out = []
+    for item, built in prefetch(iter(range(100)), build, threads):
+        out.append((item, built))
+        # inline: nothing is built before it is needed; threaded: at most 2 * threads + 1 items ahead
+        assert max(started) <= item + 2 * threads + 1
+        if item == 9:
+            break
+    assert out == [(i, i * i) for i in range(10)]
+    assert max(started) <= 9 + 2 * threads + 1, "an early stop does not build the rest of the stream"
+
+
+def test_prefetch_passes_a_build_error_to_the_consumer_at_its_item():
+    def build(item: int) -> int:
+        if item == 3:
+            raise ValueError("undecodable image in batch 3")
+        return item
+
+    seen = []
+    with pytest.raises(ValueError, match="batch 3"):
+        for item, _ in prefetch(iter(range(10)), build, threads=2):
+            seen.append(item)
+    assert seen == [0, 1, 2]
+
+
+def test_images_decoded_in_helper_threads_equal_the_inline_ones():
+    """A batch's crops and flips come from its seed alone, so prefetching cannot change a run."""
+    import io
+
+    from PIL import Image
+
+    from components.config import ModelConfig
+    from components.train.batches import BatchBuilder
+
+    def jpeg(i: int) -> bytes:  # a diagonal ramp: every crop offset and flip gives other pixels
+        ramp = (np.add.outer(np.arange(30), np.arange(40)) * 3 + 8 * i) % 256
+        buffer = io.BytesIO()
+        Image.fromarray(np.stack([ramp, 255 - ramp, ramp // 2], axis=-1).astype(np.uint8)).save(buffer, "JPEG")
+        return buffer.getvalue()
+
+    cfg = ModelConfig(train_preprocess="resize_short(24)|random_crop(16)|flip_lr", channels_last=False)
+    builder = BatchBuilder(cfg, tokenizer=None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    batches = [({"image": [jpeg(i + j) for j in range(4)]}, step_seed(0, 0, i)) for i in range(8)]
+    inline = [builder.images(batch, seed) for batch, seed in batches]
+    threaded = [images for _, images in prefetch(iter(batches), lambda item: builder.images(*item), threads=3)]
+    assert all(torch.equal(a, b) for a, b in zip(inline, threaded, strict=True))
+    assert not torch.equal(inline[0], builder.images(batches[0][0], step_seed(0, 0, 99))), "the seed matters"
