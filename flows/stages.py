@@ -66,17 +66,6 @@ def train_key(cfg: AlignConfig, dataset: dict, run_tags: dict[str, str] | None =
     return StageKey("train", inputs)
 
 
-def _run_exists(cfg: AlignConfig, run_id: str) -> bool:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mlflow.MlflowClient(tracking_uri=cfg.storage.tracking_uri).get_run(run_id)
-        return True
-    except MlflowException:
-        return False
-
-
 @flow(name="align-train")
 def train_flow(
     config: AlignConfig, dataset: dict | None = None, run_id: str | None = None, run_tags: dict[str, str] | None = None
@@ -89,18 +78,19 @@ def train_flow(
     from pathlib import Path
 
     from components.model.artifact import WEIGHTS_FILE
+    from components.registry.store import run_exists
 
     cfg, logger = config, get_run_logger()
     dataset = dataset or ingest_flow(cfg)
     cache, key = stage_cache(cfg), train_key(cfg, dataset, run_tags)
     if run_id is None:  # an explicit run id is a request to (re)train that run, not a cache query
         done = cache.lookup(key)
-        if done and _run_exists(cfg, done["run_id"]) and (Path(done["artifact_dir"]) / WEIGHTS_FILE).is_file():
+        if done and run_exists(cfg.storage.tracking_uri, done["run_id"]) and (Path(done["artifact_dir"]) / WEIGHTS_FILE).is_file():
             logger.info("train: cached, run %s (%s)", done["run_id"], key.digest)
             training_summary_artifact(done | {"cached": True})
             return done | {"cached": True}
         started = cache.started(key)
-        if started and _run_exists(cfg, started["run_id"]):
+        if started and run_exists(cfg.storage.tracking_uri, started["run_id"]):
             run_id = started["run_id"]
             logger.info("train: resuming run %s, which an earlier attempt started (%s)", run_id, key.digest)
     if run_id is None:
@@ -157,21 +147,11 @@ def evaluate_flow(
             "suite_hashes": report.hashes, "report": outputs, "cached": cached}
 
 
-def _version_exists(cfg: AlignConfig, version: str) -> bool:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mlflow.MlflowClient(tracking_uri=cfg.storage.tracking_uri).get_model_version(cfg.registry.model_name, version)
-        return True
-    except MlflowException:
-        return False
-
-
 @flow(name="align-register")
 def register_flow(config: AlignConfig, trained: dict, dataset: dict, evaluation: dict | None = None) -> dict:
     """Register the trained model as a new version (aliased challenger); once per run and weights."""
     from components.evaluation.suite import EvalReport
+    from components.registry.store import version_exists
 
     cfg = config
     report = EvalReport.from_dict(evaluation["report"]) if evaluation else None
@@ -181,7 +161,7 @@ def register_flow(config: AlignConfig, trained: dict, dataset: dict, evaluation:
         stage_cache(cfg), key,
         lambda: {"version": with_retries(register_task, cfg)(
             cfg, trained["run_id"], trained["artifact_dir"], _corpus(dataset), dataset["manifest"], report)},
-        still_valid=lambda found: _version_exists(cfg, found["version"]),
+        still_valid=lambda found: version_exists(cfg.storage.tracking_uri, cfg.registry.model_name, found["version"]),
     )
     return outputs | {"cached": cached}
 

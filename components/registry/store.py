@@ -90,6 +90,30 @@ def alias_version(tracking_uri: str, model_name: str, alias: str):
         raise
 
 
+def run_exists(tracking_uri: str, run_id: str) -> bool:
+    """Whether the tracking store still has this run (a cached stage may point at a deleted one)."""
+    import mlflow
+
+    return _found(lambda: mlflow.MlflowClient(tracking_uri=tracking_uri).get_run(run_id))
+
+
+def version_exists(tracking_uri: str, model_name: str, version: str) -> bool:
+    """Whether the registry still has this version of ``model_name``."""
+    import mlflow
+
+    return _found(lambda: mlflow.MlflowClient(tracking_uri=tracking_uri).get_model_version(model_name, version))
+
+
+def _found(lookup) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        lookup()
+        return True
+    except MlflowException:
+        return False
+
+
 def resolve_version(tracking_uri: str, model_uri: str) -> tuple[str, str]:
     """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> (name, version), checked to exist."""
     import mlflow

@@ -130,7 +130,9 @@ def stop_local_head(home: str) -> bool:
         return False
     running = _listening(state["address"])
     if running:
-        _terminate(_head_processes(int(state["address"].rsplit(":", 1)[1])), grace_s=10)
+        # Children too: the dashboard and runtime-env agents retitle themselves ("ray::DashboardAgent"),
+        # so only their parent, the raylet, names the session; a killed raylet would leave them behind.
+        _terminate(local_head_processes(home), grace_s=10)
     (_state_dir(home) / HEAD_STATE).unlink(missing_ok=True)
     return running
 
