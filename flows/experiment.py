@@ -68,7 +68,7 @@ def experiment_flow(spec: ExperimentSpec) -> dict:
     table = log_comparison(first.storage.tracking_uri, parent, results, f"Experiment {spec.name}")
     verdicts = [check(claim, table) for claim in spec.claims]
     if verdicts:
-        log_claims(first.storage.tracking_uri, parent, verdicts, spec.claims)
+        log_claims(first.storage.tracking_uri, parent, verdicts, spec.claims, table)
     _comparison_artifact(table, verdicts, spec)
     cache.mark_complete(key, {"parent_run_id": parent})
     return {"parent_run_id": parent, "table": table, "claims": verdicts, "trials": [r.__dict__ for r in results]}

@@ -92,3 +92,42 @@ def claims_markdown(verdicts: list[dict], claims: list[ClaimSpec]) -> str:
         mark = {True: "yes", False: "**no**", None: "not measured"}[v["holds"]]
         lines.append(f"| {v['claim']}: {statements.get(v['claim'], '')} | {mark} | {v['detail']} |")
     return "\n".join(lines) + "\n"
+
+
+def claims_plot(verdicts: list[dict], claims: list[ClaimSpec], table: dict) -> bytes:
+    """One panel per claim, drawn from the numbers its verdict used, as PNG bytes.
+
+    ``better``: the two trials' bars; ``at_least``: the trial's bar against the bound; ``temperature``:
+    the metric of each fixed temperature (log scale) with the learnable trial placed at the temperature
+    it learned, and the band the claim calls "near" around the best fixed one.
+    """
+    from components.evaluation.plots import new_figure, png_bytes
+
+    by_name = {claim.name: claim for claim in claims}
+    shown = [v for v in verdicts if v["holds"] is not None and v["claim"] in by_name]
+    figure = new_figure(4.2 * max(1, len(shown)), 3.4)
+    for i, verdict in enumerate(shown):
+        claim = by_name[verdict["claim"]]
+        axes = figure.add_subplot(1, len(shown), i + 1)
+        colour = "#1a7f37" if verdict["holds"] else "#c62828"
+        if claim.kind == "temperature":
+            points = sorted((t, verdict["scores"][name]) for name, t in claim.fixed.items())
+            axes.plot([t for t, _ in points], [s for _, s in points], "o-", color="#4c72b0", label="fixed T")
+            best = verdict["best_fixed_temperature"]
+            axes.axvspan(best / claim.tolerance, best * claim.tolerance, color=colour, alpha=0.12, label="near best")
+            if verdict["learnable_score"] is not None:
+                axes.plot([verdict["learned_temperature"]], [verdict["learnable_score"]], "*", ms=14, color=colour,
+                          label=f"learned T=1/{1 / verdict['learned_temperature']:.0f}")
+            axes.set_xscale("log", base=2)
+            axes.set_xlabel("temperature", fontsize=8)
+            axes.legend(fontsize=7)
+        else:
+            names = [claim.better, claim.worse] if claim.kind == "better" else [claim.trial]
+            values = [_value(table, name, claim.metric) or 0.0 for name in names]
+            axes.bar(range(len(names)), values, color=[colour, "#8c8c8c"][: len(names)])
+            axes.set_xticks(range(len(names)), names, fontsize=8)
+            if claim.kind == "at_least":
+                axes.axhline(claim.at_least, color="#222", linestyle="--", linewidth=1)
+        axes.set_ylabel(claim.metric, fontsize=8)
+        axes.set_title(f"{claim.name}: {'holds' if verdict['holds'] else 'does not hold'}", fontsize=9, color=colour)
+    return png_bytes(figure)

@@ -94,15 +94,21 @@ def log_comparison(tracking_uri: str, parent_run_id: str, results: list[TrialRes
     return table
 
 
-def log_claims(tracking_uri: str, parent_run_id: str, verdicts: list[dict], claims) -> None:
-    """The claims' verdicts under the parent run's ``comparison/`` (JSON and Markdown), one metric each."""
+def log_claims(tracking_uri: str, parent_run_id: str, verdicts: list[dict], claims, table: dict) -> None:
+    """The claims' verdicts under the parent run's ``comparison/`` (JSON, Markdown, a plot), one metric each."""
     import mlflow
 
-    from components.experiments.claims import claims_markdown
+    from components.experiments.claims import claims_markdown, claims_plot
 
+    statements = {claim.name: claim.statement for claim in claims}
+    recorded = [{"statement": statements.get(v["claim"], "")} | v for v in verdicts]
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    client.log_text(parent_run_id, json.dumps(verdicts, indent=2, default=str), "comparison/claims.json")
+    client.log_text(parent_run_id, json.dumps(recorded, indent=2, default=str), "comparison/claims.json")
     client.log_text(parent_run_id, claims_markdown(verdicts, claims), "comparison/claims.md")
+    with tempfile.TemporaryDirectory() as folder:
+        plot = Path(folder) / "claims.png"
+        plot.write_bytes(claims_plot(verdicts, claims, table))
+        client.log_artifact(parent_run_id, str(plot), "comparison")
     for verdict in verdicts:
         if verdict["holds"] is not None:
             client.log_metric(parent_run_id, f"claim/{verdict['claim']}", float(verdict["holds"]))

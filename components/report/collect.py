@@ -184,6 +184,52 @@ def collect_runs(tracking_uri: str, experiment: str, selection: RunSelection) ->
     return records
 
 
+@dataclass
+class ExperimentSummary:
+    """What an experiment flow logged to its parent run: the claims' verdicts and the comparison plots."""
+
+    parent_run_id: str
+    name: str
+    claims: list[dict] = field(default_factory=list)  # verdicts with their statements (comparison/claims.json)
+    figures: dict[str, bytes] = field(default_factory=dict)  # title -> PNG bytes
+
+
+# (title, artifact) of the parent's figures, in the order the report shows them.
+EXPERIMENT_FIGURES = (("Claims", "comparison/claims.png"), ("Trials compared", "comparison/metrics.png"))
+
+
+def collect_experiment(tracking_uri: str, parent_run_id: str) -> ExperimentSummary:
+    """The parent run's comparison artifacts; a parent without them (not an experiment) gives an empty summary."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    parent = client.get_run(parent_run_id)
+    summary = ExperimentSummary(parent_run_id, parent.data.tags.get("align.experiment", parent.info.run_name or ""))
+    present = {artifact.path for artifact in client.list_artifacts(parent_run_id, "comparison")}
+    with tempfile.TemporaryDirectory() as folder:
+        def read(path: str) -> bytes | None:
+            if path not in present:
+                return None
+            try:
+                return Path(client.download_artifacts(parent_run_id, path, folder)).read_bytes()
+            except (MlflowException, OSError):
+                return None
+
+        claims = read("comparison/claims.json")
+        if claims:
+            summary.claims = [v for v in json.loads(claims) if isinstance(v, dict)]
+        for title, path in EXPERIMENT_FIGURES:
+            data = read(path)
+            if data and data.startswith(b"\x89PNG"):
+                summary.figures[title] = data
+    return summary
+
+
 def redact_uri(uri: str) -> str:
     """``uri`` without a password (``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``),
     so a report or a console line never shows one."""

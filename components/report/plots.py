@@ -43,7 +43,12 @@ def _style(index: int) -> dict:
 
 
 def _data_uri(fig: Figure) -> str:
-    return "data:image/png;base64," + base64.b64encode(png_bytes(fig)).decode("ascii")
+    return png_uri(png_bytes(fig))
+
+
+def png_uri(data: bytes) -> str:
+    """PNG bytes as a ``data:`` URI, so the figure travels inside the HTML file."""
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _legend(fig: Figure, axes_list, columns: int) -> None:

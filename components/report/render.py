@@ -16,7 +16,14 @@ from html import escape
 from pathlib import Path
 
 from components.report import plots
-from components.report.collect import RunRecord, RunSelection, collect_runs, redact_uri
+from components.report.collect import (
+    ExperimentSummary,
+    RunRecord,
+    RunSelection,
+    collect_experiment,
+    collect_runs,
+    redact_uri,
+)
 
 # Shown for every run even when equal across runs; any other param is shown only where runs differ.
 KEY_PARAMS = (
@@ -180,8 +187,25 @@ def _figure(title: str, uri: str | None, alt: str) -> str:
     return f'<h2>{escape(title)}</h2><img src="{uri}" alt="{escape(alt)}">' if uri else ""
 
 
+def _experiment_section(summary: ExperimentSummary | None) -> str:
+    """The parent's verdicts on its claims and its comparison plots, above the per-run table."""
+    if summary is None or not (summary.claims or summary.figures):
+        return ""
+    verdicts = {True: ("passed", "holds"), False: ("failed", "does not hold"), None: ("", "not measured")}
+    rows = "".join(
+        f"<tr><th><code>{escape(str(v.get('claim', '')))}</code><br>{escape(str(v.get('statement', '')))}</th>"
+        f'<td class="{verdicts[v.get("holds")][0]}">{verdicts[v.get("holds")][1]}</td>'
+        f"<td>{escape(str(v.get('detail', '')))}</td></tr>"
+        for v in summary.claims if v.get("holds") in (True, False, None)
+    )
+    table = f"<table><thead><tr><th>claim</th><th>verdict</th><th>numbers</th></tr></thead><tbody>{rows}</tbody></table>"
+    figures = "".join(_figure(title, plots.png_uri(data), title) for title, data in summary.figures.items())
+    return f"<h2>Experiment {escape(summary.name)}: claims</h2>" + (table if rows else "") + figures
+
+
 def render_html(
-    runs: Sequence[RunRecord], experiment: str, selection: RunSelection, tracking_uri: str, generated_ms: int
+    runs: Sequence[RunRecord], experiment: str, selection: RunSelection, tracking_uri: str, generated_ms: int,
+    summary: ExperimentSummary | None = None,
 ) -> str:
     """The whole report as one HTML string."""
     if not runs:
@@ -198,6 +222,7 @@ def render_html(
         f"<title>ALIGN experiment report: {escape(experiment)}</title><style>{_CSS}</style></head><body>",
         "<h1>ALIGN experiment report</h1>",
         f'<p class="meta">{meta}</p>',
+        _experiment_section(summary),
         f"<h2>Runs compared ({len(runs)})</h2>",
         _comparison_table(runs),
         _details_table("All parameters", runs, all_params, lambda r, n: escape(r.params.get(n, ""))),
@@ -221,7 +246,8 @@ def default_report_path(home: str) -> Path:
 def write_report(tracking_uri: str, experiment: str, selection: RunSelection, out: str | Path) -> Path:
     """Collect the selected runs from MLflow and write the report to ``out``; returns its path."""
     runs = collect_runs(tracking_uri, experiment, selection)
-    html = render_html(runs, experiment, selection, tracking_uri, int(time.time() * 1000))
+    summary = collect_experiment(tracking_uri, selection.parent_run_id) if selection.parent_run_id else None
+    html = render_html(runs, experiment, selection, tracking_uri, int(time.time() * 1000), summary)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html, encoding="utf-8")

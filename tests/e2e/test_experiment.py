@@ -18,7 +18,9 @@ def experiment(ray_session, ray_home):
     from flows.experiment import run_experiment
 
     spec = ExperimentSpec(name="tiny-temperature", overrides=[f"storage.home={ray_home}", *TINY_LIFECYCLE, "train.steps=4"],
-                          grid={"model.learn_temperature": [True, False]})
+                          grid={"model.learn_temperature": [True, False]},
+                          claims=[{"name": "learning_t_helps", "kind": "better", "better": "learn_temperature=true",
+                                   "worse": "learn_temperature=false"}])
     first = run_experiment(spec)
     again = run_experiment(spec)
     return spec, first, again
@@ -39,7 +41,9 @@ def test_trials_are_child_runs_of_one_parent(experiment, ray_home):
         assert "retrieval/mean_recall" in child.data.metrics  # evaluated like any lifecycle run
         assert 0.0 <= child.data.metrics["arithmetic/swap_acc"] <= 1.0  # and probed
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
-    assert artifacts == {"comparison/table.md", "comparison/table.csv", "comparison/table.json", "comparison/metrics.png"}
+    assert artifacts == {f"comparison/{name}" for name in ("table.md", "table.csv", "table.json", "metrics.png",
+                                                          "claims.json", "claims.md", "claims.png")}
+    assert parent.data.metrics["claim/learning_t_helps"] in (0.0, 1.0)  # a verdict either way, from the numbers
 
 
 def test_the_report_renders_the_parents_children(experiment, tmp_path):
@@ -51,6 +55,7 @@ def test_the_report_renders_the_parents_children(experiment, tmp_path):
     assert main(["report", home, "--parent", first["parent_run_id"], "--out", str(out)]) == 0
     html = out.read_text()
     assert all(row["run_id"] in html for row in first["table"]["rows"])
+    assert "Experiment tiny-temperature: claims" in html and "learning_t_helps" in html
 
 
 def test_rerunning_the_spec_reuses_the_parent_and_every_trial(experiment):

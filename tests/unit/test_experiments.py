@@ -88,6 +88,11 @@ def test_the_temperature_claim_compares_the_learned_value_with_the_best_fixed_on
     far = check(claim, _table([("learned", {"train/temperature": 0.2, "retrieval/mean_recall": 0.3}), *rows[1:]]))
     assert far["holds"] is False and far["factor"] == pytest.approx(0.2 * 64)
     assert "| temperature:  | **no** |" in claims_markdown([far], [claim])
+    from components.experiments.claims import claims_plot
+
+    missing = check(claim, _table(rows[1:] + [("learned", {})]))
+    assert missing["holds"] is None  # drawn without the unmeasured claim, next to the measured ones
+    assert claims_plot([verdict, far, missing], [claim], _table(rows)).startswith(b"\x89PNG")
 
 
 def test_a_claim_must_name_trials_of_its_experiment():

@@ -151,6 +151,32 @@ def test_parent_selects_only_its_children(store):
     assert _row(html, "train.lr") == ["0.01", "0.02"]
 
 
+def test_a_parent_report_shows_the_experiments_claims_and_plots_first(store, tmp_path):
+    from components.experiments.claims import ClaimSpec, check
+    from components.experiments.compare import comparison_table, log_claims, log_comparison, TrialResult
+    from components.report.render import write_report
+
+    results = [TrialResult(f"trial-{lr}", [f"train.lr={lr}"], run_id, {"retrieval/mean_recall": 0.2 + lr})
+               for lr, run_id in zip((0.01, 0.02), store["children"], strict=True)]
+    claims = [
+        ClaimSpec(name="higher_lr_helps", statement=HOSTILE_NAME, kind="better", better="trial-0.02", worse="trial-0.01"),
+        ClaimSpec(name="reaches_half", kind="at_least", trial="trial-0.02", at_least=0.5),
+    ]
+    table = log_comparison(store["uri"], store["parent"], results, "sweep")
+    assert table == comparison_table(results)
+    log_claims(store["uri"], store["parent"], [check(c, table) for c in claims], claims, table)
+
+    out = write_report(store["uri"], EXPERIMENT, RunSelection(parent_run_id=store["parent"]), tmp_path / "r.html")
+    html = out.read_text()
+    claims_at, runs_at = html.index("claims</h2>"), html.index("Runs compared")
+    assert claims_at < runs_at
+    section = html[claims_at:runs_at]
+    assert "higher_lr_helps" in section and '<td class="passed">holds</td>' in section
+    assert "reaches_half" in section and '<td class="failed">does not hold</td>' in section
+    assert HOSTILE_NAME not in html and "&lt;script&gt;" in section  # the statement is user text
+    assert section.count('<img src="data:image/png;base64,') == 2  # the claims and the trials plots
+
+
 def test_default_selection_is_the_newest_runs_oldest_on_the_left(store):
     runs = collect_runs(store["uri"], EXPERIMENT, RunSelection(last=2))
     assert [run.run_id for run in runs] == [store["children"][1], store["lonely_parent"]]
