@@ -105,10 +105,12 @@ def claims_plot(verdicts: list[dict], claims: list[ClaimSpec], table: dict) -> b
 
     by_name = {claim.name: claim for claim in claims}
     shown = [v for v in verdicts if v["holds"] is not None and v["claim"] in by_name]
-    figure = new_figure(4.2 * max(1, len(shown)), 3.4)
+    columns = min(3, max(1, len(shown)))
+    rows = max(1, math.ceil(len(shown) / columns))
+    figure = new_figure(4.4 * columns, 3.4 * rows)
     for i, verdict in enumerate(shown):
         claim = by_name[verdict["claim"]]
-        axes = figure.add_subplot(1, len(shown), i + 1)
+        axes = figure.add_subplot(rows, columns, i + 1)
         colour = "#1a7f37" if verdict["holds"] else "#c62828"
         if claim.kind == "temperature":
             points = sorted((t, verdict["scores"][name]) for name, t in claim.fixed.items())
@@ -119,12 +121,15 @@ def claims_plot(verdicts: list[dict], claims: list[ClaimSpec], table: dict) -> b
                 axes.plot([verdict["learned_temperature"]], [verdict["learnable_score"]], "*", ms=14, color=colour,
                           label=f"learned T=1/{1 / verdict['learned_temperature']:.0f}")
             axes.set_xscale("log", base=2)
+            axes.set_xticks([t for t, _ in points], [f"1/{1 / t:.0f}" for t, _ in points], fontsize=8)
+            axes.minorticks_off()
             axes.set_xlabel("temperature", fontsize=8)
             axes.legend(fontsize=7)
         else:
             names = [claim.better, claim.worse] if claim.kind == "better" else [claim.trial]
             values = [_value(table, name, claim.metric) or 0.0 for name in names]
-            axes.bar(range(len(names)), values, color=[colour, "#8c8c8c"][: len(names)])
+            bars = axes.bar(range(len(names)), values, color=[colour, "#8c8c8c"][: len(names)])
+            axes.bar_label(bars, fmt="%.3f", fontsize=8)
             axes.set_xticks(range(len(names)), names, fontsize=8)
             if claim.kind == "at_least":
                 axes.axhline(claim.at_least, color="#222", linestyle="--", linewidth=1)
