@@ -177,3 +177,39 @@ def test_images_decoded_in_helper_threads_equal_the_inline_ones():
     threaded = [images for _, images in prefetch(iter(batches), lambda item: builder.images(*item), threads=3)]
     assert all(torch.equal(a, b) for a, b in zip(inline, threaded, strict=True))
     assert not torch.equal(inline[0], builder.images(batches[0][0], step_seed(0, 0, 99))), "the seed matters"
+
+
+class _Texts:
+    """The slice of a Ray Dataset that fitting a tokenizer reads; counts how often it is read."""
+
+    def __init__(self, texts: list[str]):
+        self.texts, self.reads = texts, 0
+
+    def select_columns(self, columns):
+        return self
+
+    def iter_batches(self, batch_format="numpy"):
+        self.reads += 1
+        yield {"text": np.array(self.texts, dtype=object)}
+
+
+def test_the_first_vocab_fitted_on_a_dataset_is_kept_beside_it_and_reused(tmp_path):
+    from components.train.trainer import dataset_vocab_uri, fit_tokenizer
+
+    cfg = AlignConfig()
+    cfg.model.text = cfg.model.text.model_copy(update={"tokenizer_vocab_size": 120, "max_length": 16})
+    kept = str(tmp_path / "datasets" / "abc" / "kept")
+    texts = _Texts([f"a {c} {s} on the {p}" for c in ("red", "blue", "green") for s in ("circle", "square") for p in ("left", "right")] * 5)
+    first = fit_tokenizer(cfg, texts, kept)
+    assert texts.reads == 1 and "tokenizer.json" in first
+    folder = tmp_path / "datasets" / "abc" / "tokenizers" / "wordpiece-v120-len16"
+    assert dataset_vocab_uri(kept, 120, 16) == str(folder) and (folder / "_COMPLETE").is_file()
+    assert fit_tokenizer(cfg, texts, kept) == first and texts.reads == 1  # read back, not refitted
+    other = cfg.model_copy(deep=True)
+    other.model.text = other.model.text.model_copy(update={"tokenizer_vocab_size": 130})
+    fit_tokenizer(other, texts, kept)
+    assert texts.reads == 2, "other vocab settings get their own fit"
+    (folder / "_COMPLETE").unlink()  # a fit interrupted before its marker is not trusted
+    fit_tokenizer(cfg, texts, kept)
+    assert texts.reads == 3
+    assert dataset_vocab_uri(str(tmp_path / "somewhere"), 120, 16) == ""  # not a data-stage folder: fit only
