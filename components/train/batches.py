@@ -60,7 +60,8 @@ def prefetch(items: Iterable[T], build: Callable[[T], R], threads: int) -> Itera
     """``(item, build(item))`` in order, with up to ``2 * threads`` items built ahead in a thread pool.
 
     Why: decoding JPEGs in the training thread leaves an accelerator waiting on every step. Pillow
-    releases the GIL while it decodes and resizes, so a few threads keep up with a GPU step. ``items``
+    releases the GIL while it decodes and resizes, so decoding overlaps the step (bench/decode_threads.py:
+    x1.7 images/s beside a simulated 75 ms step on 2 cores; decoding alone gains less, x1.2). ``items``
     is still advanced in the calling thread (a Ray Data iterator stays where it was made). With
     ``threads`` 0 every item is built inline, when it is needed.
     """
