@@ -48,30 +48,52 @@ def arithmetic_task(artifact_dir: str, run_id: str, tracking_uri: str) -> dict[s
 
 @flow(name="align-experiment", task_runner=ThreadPoolTaskRunner(max_workers=1))  # see run_experiment
 def experiment_flow(spec: ExperimentSpec) -> dict:
-    """Run ``spec``'s trials under one parent run; returns the comparison table and the parent's id."""
-    from components.experiments.runs import start_parent_run
+    """Run ``spec``'s trials under one parent run; returns the comparison table and the parent's id.
+
+    A failed trial does not stop the others: it is listed in the comparison with its error (its claims
+    are "not measured"), the parent run ends FAILED and the flow raises after logging everything. A
+    re-run resumes under the same parent, reusing the finished trials and retrying the failed ones.
+    """
+    from components.experiments.runs import set_parent_status, start_parent_run
 
     logger = get_run_logger()
     trials = expand(spec)
     first = trial_config(spec, trials[0])
+    tracking_uri = first.storage.tracking_uri
     cache, key = stage_cache(first), StageKey("experiment", {"spec": digest(spec.model_dump())})
     started = cache.started(key) or cache.lookup(key)
     parent = started["parent_run_id"] if started else start_parent_run(first, spec)
-    if not started:
+    if started:
+        set_parent_status(tracking_uri, parent, "RUNNING")
+    else:
         cache.mark_started(key, {"parent_run_id": parent})
     logger.info("experiment %s: %d trials under parent run %s", spec.name, len(trials), parent)
     # Datasets first, one at a time: trials that share one must not build it side by side (the data
     # stage caches by content, so each distinct dataset is built once). Then trials train in parallel.
     datasets = [ingest_flow(trial_config(spec, trial)) for trial in trials]
     futures = [trial_task.submit(spec, trial, parent, dataset) for trial, dataset in zip(trials, datasets)]
-    results = [future.result() for future in futures]
-    table = log_comparison(first.storage.tracking_uri, parent, results, f"Experiment {spec.name}")
+    results = [_result_or_failure(trial, future, logger) for trial, future in zip(trials, futures)]
+    table = log_comparison(tracking_uri, parent, results, f"Experiment {spec.name}")
     verdicts = [check(claim, table) for claim in spec.claims]
     if verdicts:
-        log_claims(first.storage.tracking_uri, parent, verdicts, spec.claims, table)
+        log_claims(tracking_uri, parent, verdicts, spec.claims, table)
     _comparison_artifact(table, verdicts, spec)
+    failed = [r.name for r in results if r.error]
+    if failed:
+        set_parent_status(tracking_uri, parent, "FAILED")
+        raise RuntimeError(f"experiment {spec.name}: {len(failed)} of {len(results)} trials failed ({', '.join(failed)}); "
+                           f"the others are compared in parent run {parent}; re-run the spec to retry the failed ones")
     cache.mark_complete(key, {"parent_run_id": parent})
+    set_parent_status(tracking_uri, parent, "FINISHED")
     return {"parent_run_id": parent, "table": table, "claims": verdicts, "trials": [r.__dict__ for r in results]}
+
+
+def _result_or_failure(trial: Trial, future, logger) -> TrialResult:
+    try:
+        return future.result()
+    except Exception as err:  # noqa: BLE001 - recorded in the comparison, raised once all trials are in
+        logger.error("trial %s failed: %s: %s", trial.name, type(err).__name__, err)
+        return TrialResult(trial.name, trial.overrides, run_id="", error=f"{type(err).__name__}: {err}")
 
 
 def run_experiment(spec: ExperimentSpec) -> dict:

@@ -27,6 +27,7 @@ class TrialResult:
     run_id: str
     metrics: dict[str, float] = field(default_factory=dict)
     cached: bool = False
+    error: str = ""  # why the trial failed; its metrics are then empty and its claims "not measured"
 
 
 def metric_columns(results: list[TrialResult]) -> list[str]:
@@ -37,7 +38,7 @@ def metric_columns(results: list[TrialResult]) -> list[str]:
 def comparison_table(results: list[TrialResult]) -> dict:
     """Rows of trial name, run id, overrides and every metric (None where a trial lacks it)."""
     columns = metric_columns(results)
-    rows = [{"trial": r.name, "run_id": r.run_id, "overrides": " ".join(r.overrides),
+    rows = [{"trial": r.name, "run_id": r.run_id, "overrides": " ".join(r.overrides), "error": r.error,
              **{m: r.metrics.get(m) for m in columns}} for r in results]
     return {"columns": columns, "rows": rows}
 
@@ -48,13 +49,18 @@ def to_markdown(table: dict, title: str) -> str:
              "|---|" + "---|" * len(columns)]
     for row in table["rows"]:
         cells = ["" if row[c] is None else f"{row[c]:.4f}" for c in columns]
-        lines.append(f"| {row['trial']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append(f"| {_label(row)} | " + " | ".join(cells) + " |")
+    failed = [f"- {row['trial']}: {row['error']}" for row in table["rows"] if row.get("error")]
+    return "\n".join(lines + (["", "Failed trials:", *failed] if failed else [])) + "\n"
+
+
+def _label(row: dict) -> str:
+    return f"{row['trial']} (failed)" if row.get("error") else row["trial"]
 
 
 def to_csv(table: dict) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=["trial", "run_id", "overrides", *table["columns"]])
+    writer = csv.DictWriter(out, fieldnames=["trial", "run_id", "overrides", "error", *table["columns"]])
     writer.writeheader()
     writer.writerows(table["rows"])
     return out.getvalue()
@@ -65,7 +71,7 @@ def metric_plot(table: dict, metrics: list[str]) -> bytes:
     from components.evaluation.plots import new_figure, png_bytes
 
     metrics = [m for m in metrics if any(row[m] is not None for row in table["rows"])] or table["columns"][:1]
-    trials = [row["trial"] for row in table["rows"]]
+    trials = [_label(row) for row in table["rows"]]
     figure = new_figure(4.5 * len(metrics), 0.45 * len(trials) + 1.5)
     for i, metric in enumerate(metrics):
         axes = figure.add_subplot(1, len(metrics), i + 1)

@@ -34,6 +34,7 @@ def test_trials_are_child_runs_of_one_parent(experiment, ray_home):
     client = mlflow.MlflowClient(cfg.storage.tracking_uri)
     parent = client.get_run(first["parent_run_id"])
     assert parent.data.tags["align.experiment"] == "tiny-temperature" and parent.data.params["trials"] == "2"
+    assert parent.info.status == "FINISHED"
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.data.tags["align.trial"] for c in children) == ["learn_temperature=false", "learn_temperature=true"]
     assert {c.info.run_id for c in children} == {row["run_id"] for row in first["table"]["rows"]}

@@ -52,7 +52,7 @@ def test_the_comparison_table_lists_every_trial_and_leaves_missing_metrics_empty
     assert table["rows"][1]["train/loss"] is None and table["rows"][0]["extra/metric"] is None
     markdown = to_markdown(table, "t")
     assert "| a | 0.5000 | 2.0000 |  |" in markdown and "| b | 0.2500 |  | 1.0000 |" in markdown
-    assert to_csv(table).splitlines()[0] == "trial,run_id,overrides,retrieval/text_to_image/R_at_1,train/loss,extra/metric"
+    assert to_csv(table).splitlines()[0] == "trial,run_id,overrides,error,retrieval/text_to_image/R_at_1,train/loss,extra/metric"
     assert metric_plot(table, ["retrieval/text_to_image/R_at_1", "train/loss"]).startswith(b"\x89PNG")
 
 
@@ -184,3 +184,47 @@ def test_align_experiment_prints_the_parent_and_a_report_command_for_the_same_st
     assert [t.name for t in expand(ran[0])] == ["base", "more"]
     assert "| more |" in out and "parent run: p1\n" in out
     assert f"report: align report --parent p1 storage.home={tmp_path}\n" in out
+
+
+def test_a_failed_trial_is_compared_as_failed_and_a_rerun_retries_it_under_the_same_parent(tmp_path, monkeypatch):
+    """Training and evaluation are stand-ins here (the e2e test runs real ones); the flow's bookkeeping is real."""
+    import json
+    from pathlib import Path
+
+    import mlflow
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    import flows.experiment as experiment
+
+    broken = {"steps": 7}
+    trained = []
+
+    def fake_train(cfg, dataset, run_tags):
+        trained.append(cfg.train.steps)
+        if cfg.train.steps == broken.get("steps"):
+            raise ValueError("worker lost")
+        return {"run_id": f"run-{cfg.train.steps}", "metrics": {"train/loss": 1.0}, "cached": False, "artifact_dir": ""}
+
+    monkeypatch.setattr(experiment, "ingest_flow", lambda cfg: {"kept_uri": "", "content_hash": "c"})
+    monkeypatch.setattr(experiment, "train_flow", fake_train)
+    monkeypatch.setattr(experiment, "evaluate_flow", lambda cfg, trained, dataset: {"metrics": {"retrieval/mean_recall": cfg.train.steps / 10}})
+    spec = ExperimentSpec(name="flaky", overrides=[f"storage.home={tmp_path}"], grid={"train.steps": [5, 7]},
+                          arithmetic_probe=False,
+                          claims=[{"name": "longer_is_better", "kind": "better", "better": "steps=7", "worse": "steps=5"}])
+
+    with pytest.raises(RuntimeError, match=r"1 of 2 trials failed \(steps=7\).*re-run the spec"):
+        experiment.run_experiment(spec)
+    assert sorted(trained) == [5, 7], "the other trial still ran"
+    client = mlflow.MlflowClient(trial_config(spec, expand(spec)[0]).storage.tracking_uri)
+    parent = client.search_runs([client.get_experiment_by_name("align-embedded").experiment_id], "tags.`align.kind` = 'experiment'")[0]
+    assert parent.info.status == "FAILED"
+    (tmp_path / "download").mkdir()
+    table = json.loads(Path(client.download_artifacts(parent.info.run_id, "comparison/table.json", str(tmp_path / "download"))).read_text())
+    failed = next(row for row in table["rows"] if row["trial"] == "steps=7")
+    assert failed["error"] == "ValueError: worker lost" and failed["retrieval/mean_recall"] is None
+    assert "claim/longer_is_better" not in client.get_run(parent.info.run_id).data.metrics  # not measured
+
+    broken.clear()
+    result = experiment.run_experiment(spec)
+    assert result["parent_run_id"] == parent.info.run_id and client.get_run(parent.info.run_id).info.status == "FINISHED"
+    assert [v["holds"] for v in result["claims"]] == [True]
