@@ -81,10 +81,12 @@ def log_dataset(tracking_uri: str, run_id: str, dataset_uri: str, manifest: dict
         warnings.simplefilter("ignore", UserWarning)  # MLflow warns that several source types match
         source = resolve_dataset_source(manifest["kept_uri"])
     dataset = MetaDataset(source=source, name=dataset_uri.rstrip("/").rsplit("/", 1)[-1], digest=manifest["content_hash"][:36])
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_input(dataset, context="training")
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    # Through the client, not `with mlflow.start_run(...)`, whose exit would end the run before it trains.
+    client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
     client.log_dict(run_id, report, "dataset/report.json")
     client.log_dict(run_id, manifest, "dataset/manifest.json")
 

@@ -15,13 +15,21 @@ def train_stage(cfg: AlignConfig, kept_uri: str, run_id: str, validation_json: s
     import mlflow
 
     output_dir = Path(cfg.storage.home) / "models" / run_id
-    # Named after the MLflow run: rerunning the stage for the same run resumes from its checkpoint.
-    result = run_training(
-        cfg, kept_uri, f"align-{run_id}", str(output_dir), cfg.storage.tracking_uri, run_id, validation_json
-    )
     client = mlflow.MlflowClient(tracking_uri=cfg.storage.tracking_uri)
-    client.log_artifacts(run_id, result.artifact_dir, MODEL_ARTIFACT_PATH)
-    client.set_tag(run_id, "align.checkpoint", result.checkpoint_path)
+    # The run is RUNNING while it trains (again, on a resume) and ends FINISHED or FAILED with training,
+    # so its status and duration in MLflow say what training did; later stages still log into it.
+    client.update_run(run_id, status="RUNNING")
+    try:
+        # Named after the MLflow run: rerunning the stage for the same run resumes from its checkpoint.
+        result = run_training(
+            cfg, kept_uri, f"align-{run_id}", str(output_dir), cfg.storage.tracking_uri, run_id, validation_json
+        )
+        client.log_artifacts(run_id, result.artifact_dir, MODEL_ARTIFACT_PATH)
+        client.set_tag(run_id, "align.checkpoint", result.checkpoint_path)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
     return result
 
 

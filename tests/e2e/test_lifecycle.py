@@ -62,6 +62,9 @@ def test_registry_holds_lineage_and_aliases(lifecycle_runs):
     assert {"eval/classification/confusion_matrix.png", "eval/classification/details.json"} <= artifacts
     run = client.get_run(first["run_id"])
     assert run.inputs.dataset_inputs, "the run links to the dataset it trained on"
+    assert run.inputs.dataset_inputs[0].tags[0].value == "training"
+    # Ended by training (FINISHED, after it), not when the dataset was linked to it before training.
+    assert run.info.status == "FINISHED" and run.info.end_time - run.info.start_time > 5_000
     assert "train/loss" in run.data.metrics and "retrieval/mean_recall" in run.data.metrics
     assert "val/mean_recall" in run.data.metrics  # held-out retrieval logged during training
     # The model loads through MLflow's pyfunc flavour (from code, safetensors inside) and embeds text.
