@@ -54,7 +54,8 @@ def experiment_flow(spec: ExperimentSpec) -> dict:
     are "not measured"), the parent run ends FAILED and the flow raises after logging everything. A
     re-run resumes under the same parent, reusing the finished trials and retrying the failed ones.
     """
-    from components.experiments.runs import set_parent_status, start_parent_run
+    from components.experiments.runs import start_parent_run
+    from components.runtime.tracking import set_run_status
 
     logger = get_run_logger()
     trials = expand(spec)
@@ -64,7 +65,7 @@ def experiment_flow(spec: ExperimentSpec) -> dict:
     started = cache.started(key) or cache.lookup(key)
     parent = started["parent_run_id"] if started else start_parent_run(first, spec)
     if started:
-        set_parent_status(tracking_uri, parent, "RUNNING")
+        set_run_status(tracking_uri, parent, "RUNNING")
     else:
         cache.mark_started(key, {"parent_run_id": parent})
     logger.info("experiment %s: %d trials under parent run %s", spec.name, len(trials), parent)
@@ -80,11 +81,11 @@ def experiment_flow(spec: ExperimentSpec) -> dict:
     _comparison_artifact(table, verdicts, spec)
     failed = [r.name for r in results if r.error]
     if failed:
-        set_parent_status(tracking_uri, parent, "FAILED")
+        set_run_status(tracking_uri, parent, "FAILED")
         raise RuntimeError(f"experiment {spec.name}: {len(failed)} of {len(results)} trials failed ({', '.join(failed)}); "
                            f"the others are compared in parent run {parent}; re-run the spec to retry the failed ones")
     cache.mark_complete(key, {"parent_run_id": parent})
-    set_parent_status(tracking_uri, parent, "FINISHED")
+    set_run_status(tracking_uri, parent, "FINISHED")
     return {"parent_run_id": parent, "table": table, "claims": verdicts, "trials": [r.__dict__ for r in results]}
 
 

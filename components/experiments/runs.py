@@ -43,13 +43,3 @@ def log_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float]) -> No
     now = int(time.time() * 1000)
     mlflow.MlflowClient(tracking_uri=tracking_uri).log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
 
-
-def set_parent_status(tracking_uri: str, run_id: str, status: str) -> None:
-    """RUNNING while trials run (again, on a resume); FINISHED, or FAILED when a trial failed."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    if status == "RUNNING":
-        client.update_run(run_id, status="RUNNING")
-    else:
-        client.set_terminated(run_id, status=status)

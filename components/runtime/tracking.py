@@ -69,6 +69,17 @@ def start_lifecycle_run(cfg, tags: dict[str, str], run_name: str | None = None) 
     return run.info.run_id
 
 
+def set_run_status(tracking_uri: str, run_id: str, status: str) -> None:
+    """RUNNING (again, on a resume), or ended FINISHED / FAILED with the work the run stands for."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    if status == "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    else:
+        client.set_terminated(run_id, status=status)
+
+
 def log_dataset(tracking_uri: str, run_id: str, dataset_uri: str, manifest: dict, report: dict) -> None:
     """Link the run to the exact filtered dataset it trained on (``mlflow.log_input``)."""
     import warnings

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from components.config import AlignConfig
 from components.model.artifact import WEIGHTS_FILE
+from components.runtime.tracking import set_run_status
 from components.train.trainer import TrainResult, run_training
 
 MODEL_ARTIFACT_PATH = "align_model"
@@ -18,7 +19,7 @@ def train_stage(cfg: AlignConfig, kept_uri: str, run_id: str, validation_json: s
     client = mlflow.MlflowClient(tracking_uri=cfg.storage.tracking_uri)
     # The run is RUNNING while it trains (again, on a resume) and ends FINISHED or FAILED with training,
     # so its status and duration in MLflow say what training did; later stages still log into it.
-    client.update_run(run_id, status="RUNNING")
+    set_run_status(cfg.storage.tracking_uri, run_id, "RUNNING")
     try:
         # Named after the MLflow run: rerunning the stage for the same run resumes from its checkpoint.
         result = run_training(
@@ -27,9 +28,9 @@ def train_stage(cfg: AlignConfig, kept_uri: str, run_id: str, validation_json: s
         client.log_artifacts(run_id, result.artifact_dir, MODEL_ARTIFACT_PATH)
         client.set_tag(run_id, "align.checkpoint", result.checkpoint_path)
     except BaseException:
-        client.set_terminated(run_id, status="FAILED")
+        set_run_status(cfg.storage.tracking_uri, run_id, "FAILED")
         raise
-    client.set_terminated(run_id, status="FINISHED")
+    set_run_status(cfg.storage.tracking_uri, run_id, "FINISHED")
     return result
 
 
