@@ -16,6 +16,9 @@ from components.train.loop import train_loop_per_worker
 from components.train.validation import load_validation_pairs
 
 
+_COMPLETE = "_COMPLETE"  # written last into a kept vocab's folder: the files before it are whole
+
+
 @dataclass
 class TrainResult:
     artifact_dir: str  # local folder: model.safetensors + align_config.json + tokenizer/
@@ -50,7 +53,7 @@ def fit_tokenizer(cfg: AlignConfig, dataset, kept_uri: str = "") -> dict[str, st
     else:
         kept_vocab = dataset_vocab_uri(kept_uri, text_cfg.tokenizer_vocab_size, text_cfg.max_length)
         if kept_vocab and exists(join_uri(kept_vocab, _COMPLETE)):
-            return {name: read_text(join_uri(kept_vocab, name)) for name in list_names(kept_vocab) if name != _COMPLETE}
+            return _read_folder(kept_vocab)
         texts = (str(t) for batch in dataset.select_columns(["text"]).iter_batches(batch_format="numpy") for t in batch["text"])
         files = _files_of(train_wordpiece(texts, text_cfg.tokenizer_vocab_size, text_cfg.max_length))
         if kept_vocab:
@@ -59,9 +62,6 @@ def fit_tokenizer(cfg: AlignConfig, dataset, kept_uri: str = "") -> dict[str, st
             write_bytes(join_uri(kept_vocab, _COMPLETE), b"")  # last: a reader never sees half a vocab
         return files
     return _files_of(tokenizer)
-
-
-_COMPLETE = "_COMPLETE"
 
 
 def dataset_vocab_uri(kept_uri: str, vocab_size: int, max_length: int) -> str:
@@ -75,6 +75,11 @@ def dataset_vocab_uri(kept_uri: str, vocab_size: int, max_length: int) -> str:
     if not parent or leaf != KEPT_DIR:
         return ""
     return join_uri(parent, "tokenizers", f"wordpiece-v{vocab_size}-len{max_length}")
+
+
+def _read_folder(uri: str) -> dict[str, str]:
+    """A stored tokenizer's files by name (a kept vocab's completion marker left out)."""
+    return {name: read_text(join_uri(uri, name)) for name in list_names(uri) if name != _COMPLETE}
 
 
 def _files_of(tokenizer) -> dict[str, str]:
@@ -93,7 +98,7 @@ def tokenizer_files(cfg: AlignConfig, run_name: str, dataset, kept_uri: str = ""
     for name in reversed(list_names(run_dir)):
         folder = join_uri(run_dir, name, TOKENIZER_DIR)
         if name.startswith("checkpoint_") and exists(join_uri(folder, "tokenizer.json")):
-            return {file: read_text(join_uri(folder, file)) for file in list_names(folder)}
+            return _read_folder(folder)
     return fit_tokenizer(cfg, dataset, kept_uri)
 
 
