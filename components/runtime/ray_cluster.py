@@ -3,7 +3,8 @@
 Serving must keep running after ``align run`` returns, as it would in production, so the embedded
 default is not ``ray.init()`` in-process but a local head started on demand (``ray start --head``),
 recorded under ``<home>/ray/head.json`` and stopped by ``align down``. Token authentication stays on
-(Ray 2.60's default): the head and every client run with ``RAY_AUTH_MODE=token``.
+(Ray 2.60's default): the head and every client run with ``RAY_AUTH_MODE=token`` and the state
+folder's own token (``components.runtime.ray_token``) unless the user supplies one.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import time
 from pathlib import Path
 
 from components.config import AlignConfig
+from components.runtime.ray_token import local_head_token_env, user_token_source
 
 log = logging.getLogger(__name__)
 HEAD_STATE = "head.json"
+LISTEN_TIMEOUT_S = 60  # after `ray start` returns, how long its GCS may take to accept connections
 
 
 def _state_dir(home: str) -> Path:
@@ -53,11 +56,25 @@ def read_head_state(home: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _write_head_state(home: str, state: dict) -> None:
+    directory = _state_dir(home)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / HEAD_STATE).write_text(json.dumps(state))
+
+
 def ensure_local_head(cfg: AlignConfig) -> str:
-    """Address of the running local head for this state folder, starting one if needed."""
-    state = read_head_state(cfg.storage.home)
+    """Address of the running local head for this state folder, starting one if needed.
+
+    What is started is recorded (``head.json``: the address and the launcher's session id) *before*
+    waiting on it, and every failure path stops it again: a ``ray start`` that fails half-way leaves
+    its GCS server running, orphaned, unless somebody knows to look for it.
+    """
+    home = cfg.storage.home
+    state = read_head_state(home)
     if state and _listening(state["address"]):
         return state["address"]
+    if state:  # recorded but not answering: a crashed or half-started head; clear what is left of it
+        stop_local_head(home)
     port = free_port()
     num_cpus = cfg.ray.num_cpus or 2 * (os.cpu_count() or 1)
     ray_cli = Path(sys.executable).with_name("ray")
@@ -73,20 +90,30 @@ def ensure_local_head(cfg: AlignConfig) -> str:
         "--disable-usage-stats",
     ]
     log.info("starting a local Ray head: %s", " ".join(command))
-    env = dict(cfg.ray.env) | _auth_env()  # the caller's environment wins over the config's defaults
+    token_env = local_head_token_env(_state_dir(home))
+    # The caller's environment wins over the config's defaults; the token is the user's or the state folder's.
+    env = dict(cfg.ray.env) | _auth_env() | token_env
     env.pop("RAY_ADDRESS", None)  # a new head: not the cluster this process may already be connected to
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        raise RuntimeError(f"`ray start --head` failed ({done.returncode}):\n{done.stderr[-3000:]}")
     address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while not _listening(address):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"local Ray head did not listen on {address}")
-        time.sleep(0.5)
-    directory = _state_dir(cfg.storage.home)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / HEAD_STATE).write_text(json.dumps({"address": address, "num_cpus": num_cpus}))
+    state = {"address": address, "num_cpus": num_cpus, "token_source": user_token_source() or "state"}
+    _write_head_state(home, state)
+    # Its own session: the daemons `ray start` leaves behind keep its session id, which finds them all.
+    launcher = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    _write_head_state(home, state | {"session_id": launcher.pid})
+    try:
+        output, _ = launcher.communicate(timeout=300)
+        if launcher.returncode != 0:
+            raise RuntimeError(f"`ray start --head` failed ({launcher.returncode}):\n{output[-3000:]}")
+        deadline = time.monotonic() + LISTEN_TIMEOUT_S
+        while not _listening(address):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"local Ray head did not listen on {address}")
+            time.sleep(0.5)
+    except BaseException:  # a timeout or Ctrl-C too: nothing of a half-started head may outlive this call
+        launcher.kill()
+        stop_local_head(home)
+        raise
     return address
 
 
@@ -103,7 +130,13 @@ def connect(cfg: AlignConfig) -> str:
         )
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address
-    address = ensure_local_head(cfg) if cfg.ray.address == "local" else cfg.ray.address
+    if cfg.ray.address == "local":
+        address = ensure_local_head(cfg)
+        # This process and every process it starts (Ray Train's helpers, a second node) use the head's token.
+        recorded = (read_head_state(cfg.storage.home) or {}).get("token_source", "")
+        os.environ.update(local_head_token_env(_state_dir(cfg.storage.home), recorded))
+    else:
+        address = cfg.ray.address
     # Worker output reaches this console: training's per-step progress lines are printed by rank 0.
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     # Helper processes this driver starts (Ray Train's placement-group cleaner) call ray.init() without
@@ -124,17 +157,21 @@ def quiet_ray_data() -> None:
 
 
 def stop_local_head(home: str) -> bool:
-    """Stop the head this state folder started (``align down``); False if none was running."""
+    """Stop the head this state folder started (``align down``); False if none was running.
+
+    Processes are found by the launcher's session id and by the GCS port, not by whether the head
+    answers: a half-started or crashed head answers nothing, and its leftovers must go all the same.
+    """
     state = read_head_state(home)
     if not state:
         return False
     running = _listening(state["address"])
-    if running:
-        # Children too: the dashboard and runtime-env agents retitle themselves ("ray::DashboardAgent"),
-        # so only their parent, the raylet, names the session; a killed raylet would leave them behind.
-        _terminate(local_head_processes(home), grace_s=10)
+    # Children too: the dashboard and runtime-env agents retitle themselves ("ray::DashboardAgent"),
+    # so only their parent, the raylet, names the session; a killed raylet would leave them behind.
+    processes = local_head_processes(home)
+    _terminate(processes, grace_s=10)
     (_state_dir(home) / HEAD_STATE).unlink(missing_ok=True)
-    return running
+    return running or bool(processes)
 
 
 def local_head_processes(home: str) -> list:
@@ -144,14 +181,31 @@ def local_head_processes(home: str) -> list:
         return []
     import psutil
 
-    found = {}
+    found = {p.pid: p for p in _session_processes(state.get("session_id"))}
     for process in _head_processes(int(state["address"].rsplit(":", 1)[1])):
         found[process.pid] = process
         try:
             found |= {child.pid: child for child in process.children(recursive=True)}
         except psutil.NoSuchProcess:
             continue
+    found.pop(os.getpid(), None)
     return list(found.values())
+
+
+def _session_processes(session_id: int | None) -> list:
+    """Ray's processes in the session ``ray start`` was launched in (the head's daemons and their workers)."""
+    if not session_id:
+        return []
+    import psutil
+
+    members = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if os.getsid(process.pid) == session_id and "ray" in " ".join(process.info["cmdline"] or []):
+                members.append(process)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return members
 
 
 def _head_processes(port: int) -> list:

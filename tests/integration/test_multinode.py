@@ -55,8 +55,9 @@ class WorkerNode:
             "--disable-usage-stats",
             "--block",
         ]
-        # Same environment as the head: RAY_AUTH_MODE=token with the same token (~/.ray/auth_token or
-        # RAY_AUTH_TOKEN), and the moto endpoint in AWS_ENDPOINT_URL for the workers' checkpoint uploads.
+        # Same environment as the head: RAY_AUTH_MODE=token with the same token (the session state folder's,
+        # in RAY_AUTH_TOKEN_PATH since `connect`), and the moto endpoint in AWS_ENDPOINT_URL for the workers'
+        # checkpoint uploads.
         env = dict(os.environ) | {"RAY_AUTH_MODE": "token"}
         self.log = log_path.open("w")
         self.process = subprocess.Popen(
