@@ -9,6 +9,8 @@ and a work pool uses ``prefect.yaml`` and ``prefect deploy`` instead (README, "S
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from components.config import AlignConfig
 
@@ -51,6 +53,10 @@ def serve_retraining(cfg: AlignConfig, recipe: str, overrides: list[str], prefec
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         print(f"Prefect server: {api_url.removesuffix('/api')} (log {log_path})", flush=True)
+        # Prefect's own hint (`prefect deployment run ...`) only reaches this server with its API URL.
+        prefect_cli = Path(sys.executable).with_name("prefect")
+        print(f"Run it now from another shell: PREFECT_API_URL={api_url} {prefect_cli} deployment run "
+              f"'align-retrain/{spec['name']}'", flush=True)
         os.environ["PREFECT_API_URL"] = api_url  # for the flow-run processes the runner starts
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             retrain.serve(**spec, entrypoint_type=EntrypointType.MODULE_PATH)
