@@ -20,7 +20,10 @@
     align ui [--port 5000]                          MLflow UI on 127.0.0.1; prints where Prefect and Ray are
     align experiment SPEC [key=value ...]           an experiment's trials as child runs of one parent, compared
 
-Environment is prepared here, before Prefect/Ray/MLflow are imported, so nothing happens at import.
+Verbs that run stages print a short story (a line per stage, progress bars, the result); everything
+the libraries print goes to ``<storage.home>/logs/<verb>-<time>.log`` (``-v``/``--verbose``: all of it
+live instead). Environment is prepared here, before Prefect/Ray/MLflow are imported, so nothing happens
+at import.
 """
 
 from __future__ import annotations
@@ -45,12 +48,20 @@ def _prepare_environment(cfg: AlignConfig) -> None:
         os.makedirs(cfg.storage.home, exist_ok=True)
 
 
+# Verbs that run stages or talk to Ray/Prefect/MLflow: a console story, library output in a log file.
+STAGED_VERBS = ("run", "ingest", "train", "evaluate", "promote", "rollback", "index", "serve", "experiment")
+_VERBOSE_HELP = "show everything Ray, Prefect and MLflow print, live, instead of only in the run's log"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="align", description="ALIGN vision-language training lifecycle.")
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="verb", required=True)
 
     def verb(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
+        # Also after the verb (`align run -v`); SUPPRESS leaves the global flag's value when absent here.
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
         p.add_argument("--config", default=None, help="YAML recipe (default: configs/embedded.yaml)")
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100 seed=2")
         p.add_argument("--address", default=None, help="an existing Ray cluster: its GCS host:port, or auto inside it (sets ray.address)")
@@ -87,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     experiment = sub.add_parser("experiment", help="run an experiment spec's trials as MLflow child runs of one parent")
     experiment.add_argument("spec", help="experiment YAML (see configs/experiments/)")
     experiment.add_argument("overrides", nargs="*", help="key=value overrides for every trial, e.g. storage.home=/tmp/x")
+    experiment.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
     report = verb("report", "write a static HTML report comparing runs: params, metrics, loss curves, R@K, gate, versions")
     chosen = report.add_mutually_exclusive_group()
     chosen.add_argument("--runs", nargs="+", default=None, metavar="ID", help="these MLflow run ids, in this order")
@@ -104,48 +116,56 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _json(payload: dict) -> str:
+    return json.dumps(payload, indent=2, sort_keys=True, default=str)
+
+
 def _print(payload: dict) -> None:
-    print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    print(_json(payload))
 
 
-def _summary(result: dict, seconds: float) -> None:
-    print("\n=== ALIGN lifecycle finished in %.0f s ===" % seconds)
+def _summary(result: dict, seconds: float, log_path: str | None = None) -> str:
     report = result["data_report"]
-    print(f"data:    {report['rows_in']} pairs in, {report['rows_kept']} kept, {report['rows_rejected']} rejected")
-    print("metrics:")
-    for name, value in sorted(result["metrics"].items()):
-        print(f"  {name:45s} {value:.4f}")
+    lines = [
+        f"\n=== ALIGN lifecycle finished in {seconds:.0f} s ===",
+        f"data:    {report['rows_in']} pairs in, {report['rows_kept']} kept, {report['rows_rejected']} rejected",
+        "metrics:",
+    ]
+    lines += [f"  {name:45s} {value:.4f}" for name, value in sorted(result["metrics"].items())]
     gate = result["gate"]
     verdict = "passed -> champion" if gate["passed"] else "failed: " + "; ".join(gate["reasons"])
-    print(f"model:   {result['model_name']} version {result['model_version']} (run {result['run_id']}), gate {verdict}")
+    lines.append(f"model:   {result['model_name']} version {result['model_version']} (run {result['run_id']}), gate {verdict}")
     if result["serving_url"]:
-        print(f"serving: {result['serving_url']}  (POST /v1/search {{\"text\": ..., \"k\": 5}}; GET /healthz)")
+        lines.append(f"serving: {result['serving_url']}  (POST /v1/search {{\"text\": ..., \"k\": 5}}; GET /healthz)")
     elif gate["champion_version"]:
-        print(f"serving: unchanged; champion version {gate['champion_version']} keeps serving")
+        lines.append(f"serving: unchanged; champion version {gate['champion_version']} keeps serving")
     else:
-        print("serving: nothing to serve yet (no model has passed the gate)")
+        lines.append("serving: nothing to serve yet (no model has passed the gate)")
+    if log_path:
+        lines.append(f"log:     {log_path}")
+    return "\n".join(lines)
 
 
-def _registry_verb(args: argparse.Namespace, cfg: AlignConfig, config: dict) -> int:
+def _registry_verb(args: argparse.Namespace, cfg: AlignConfig, config: dict, console) -> int:
     from components.runtime.tracking import latest_run_id, prepare_tracking
     from flows import stages
 
     prepare_tracking(cfg.storage)
     if args.verb == "rollback":
-        _print(stages.rollback_flow(config, args.reason, serve=not args.no_serve))
+        console.result(_json(stages.rollback_flow(config, args.reason, serve=not args.no_serve)))
         return 0
     if args.verb == "evaluate":
         if args.model:
-            _print(stages.evaluate_flow(config, model_uri=args.model, suites=args.suite))
+            console.result(_json(stages.evaluate_flow(config, model_uri=args.model, suites=args.suite)))
             return 0
         run_id = args.run_id or latest_run_id(cfg.storage, cfg.registry.experiment, "train/loss")
-        _print(stages.evaluate_flow(config, run_id=run_id, suites=args.suite))
+        console.result(_json(stages.evaluate_flow(config, run_id=run_id, suites=args.suite)))
         return 0
     run_id = None
     if args.version is None:
         run_id = args.run_id or latest_run_id(cfg.storage, cfg.registry.experiment, "train/loss")
     result = stages.promote_flow(config, run_id, args.version, args.force, serve=not args.no_serve)
-    _print(result)
+    console.result(_json(result))
     return 0 if result["gate"]["passed"] else 1
 
 
@@ -168,35 +188,83 @@ def _report_verb(args: argparse.Namespace, cfg: AlignConfig) -> int:
     return 0
 
 
-def _experiment_verb(args: argparse.Namespace) -> int:
-    from components.experiments.spec import expand, load_spec, trial_config
-
-    spec = load_spec(args.spec, list(args.overrides))
-    _prepare_environment(trial_config(spec, expand(spec)[0]))
+def _experiment_verb(spec, console) -> int:
     from components.experiments.compare import to_markdown
     from flows.experiment import run_experiment
 
     result = run_experiment(spec)
     parent = result["parent_run_id"]
-    print(to_markdown(result["table"], f"Experiment {spec.name}"))
-    print(f"parent run: {parent}")
     # The report must read the same state folder: repeat the storage overrides the study was given.
     storage = [override for override in spec.overrides if override.startswith("storage.")]
-    print("report: " + " ".join(["align report --parent", parent, *storage]))
+    console.result("\n".join([
+        to_markdown(result["table"], f"Experiment {spec.name}"),
+        f"parent run: {parent}",
+        "report: " + " ".join(["align report --parent", parent, *storage]),
+    ]))
     return 0
+
+
+def _staged_config(args: argparse.Namespace):
+    """The verb's config (an experiment's: its first trial's, for the state folder) and the spec, if any."""
+    if args.verb == "experiment":
+        from components.experiments.spec import expand, load_spec, trial_config
+
+        spec = load_spec(args.spec, list(args.overrides))
+        return trial_config(spec, expand(spec)[0]), spec
+    return load_config(args.config, getattr(args, "overrides", [])), None
+
+
+def _staged_verb(args: argparse.Namespace, cfg: AlignConfig, spec, console) -> int:
+    if args.verb == "experiment":
+        return _experiment_verb(spec, console)
+    config = cfg.model_dump()
+    started = time.monotonic()
+    if args.verb == "run":
+        from flows.lifecycle import lifecycle
+
+        result = lifecycle(config)
+        console.result(_summary(result, time.monotonic() - started, console.log_path))
+        return 0
+    if args.verb in ("evaluate", "promote", "rollback"):
+        return _registry_verb(args, cfg, config, console)
+    from flows import stages
+
+    if args.verb == "index":
+        console.result(_json(stages.index_flow(config, args.version)))
+    elif args.verb == "train" and args.run_id:
+        console.result(_json(stages.train_flow(config, run_id=args.run_id)))
+    else:
+        console.result(_json({"ingest": stages.ingest_flow, "train": stages.train_flow, "serve": stages.serve_flow}[args.verb](config)))
+    return 0
+
+
+def _staged(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from align_cli.session import config_failure, run_staged
+
+    try:
+        cfg, spec = _staged_config(args)
+    except Exception as error:  # noqa: BLE001 -- explained on the console; nothing has run
+        return config_failure(args.verb, error, args.verbose)
+    _prepare_environment(cfg)
+    return run_staged(
+        args.verb, cfg.storage.home, lambda console: _staged_verb(args, cfg, spec, console),
+        verbose=args.verbose, tracking_uri=cfg.storage.tracking_uri, command=list(sys.argv[1:] if argv is None else argv),
+        # When `align` is this process, fds 1/2 stay on the log until it exits: Ray's log forwarding
+        # and Prefect's exit hooks still write after the verb returns. In-process callers get them back.
+        keep_redirect=argv is None, announce_log=args.verb != "run",  # run's summary names the log
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     if getattr(args, "address", None):  # one more override, so it goes wherever the overrides go
         args.overrides = [*args.overrides, f"ray.address={args.address}"]
-    if args.verb == "experiment":
-        return _experiment_verb(args)
+    if args.verb in STAGED_VERBS:
+        return _staged(args, argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     cfg = load_config(args.config, getattr(args, "overrides", []))
     _prepare_environment(cfg)
-    config = cfg.model_dump()
 
     if args.verb == "config":
         print(dump_config(cfg))
@@ -219,31 +287,10 @@ def main(argv: list[str] | None = None) -> int:
 
         serve_retraining(cfg, str(args.config or DEFAULT_RECIPE), list(args.overrides), args.prefect_port)
         return 0
-    if args.verb == "down":
-        from components.runtime.ray_cluster import stop_local_head
+    from components.runtime.ray_cluster import stop_local_head
 
-        stopped = stop_local_head(cfg.storage.home)
-        print("stopped the local Ray head (and with it, serving)" if stopped else "nothing was running")
-        return 0
-
-    started = time.monotonic()
-    if args.verb == "run":
-        from flows.lifecycle import lifecycle
-
-        result = lifecycle(config)
-        _summary(result, time.monotonic() - started)
-        return 0
-    if args.verb in ("evaluate", "promote", "rollback"):
-        return _registry_verb(args, cfg, config)
-    from flows import stages
-
-    if args.verb == "index":
-        _print(stages.index_flow(config, args.version))
-        return 0
-    if args.verb == "train" and args.run_id:
-        _print(stages.train_flow(config, run_id=args.run_id))
-        return 0
-    _print({"ingest": stages.ingest_flow, "train": stages.train_flow, "serve": stages.serve_flow}[args.verb](config))
+    stopped = stop_local_head(cfg.storage.home)  # down
+    print("stopped the local Ray head (and with it, serving)" if stopped else "nothing was running")
     return 0
 
 

@@ -13,6 +13,7 @@ they act on the registry's and the cluster's current state, and both are idempot
 from prefect import flow, get_run_logger
 
 from components.config import AlignConfig
+from components.runtime import progress
 from components.runtime.stage_cache import StageCache, StageKey, digest, file_digest, run_cached, tree_fingerprint
 from flows.tasks import (
     data_report_artifact,
@@ -20,6 +21,7 @@ from flows.tasks import (
     evaluation_artifact,
     evaluate_model_task,
     evaluate_task,
+    index_headline,
     index_task,
     ingest_task,
     promote_task,
@@ -42,13 +44,21 @@ def _corpus(dataset: dict):
     return CorpusPaths([], dataset["retrieval_json"], dataset["classification_dir"])
 
 
+def _cached(record: dict) -> str:
+    return " (cached)" if record.get("cached") else ""
+
+
 @flow(name="align-ingest")
 def ingest_flow(config: AlignConfig) -> dict:
     """Ingest and filter the corpus; the data stage itself reuses a dataset built from the same inputs."""
-    corpus, dataset = ingest_task(config)
-    out = {"dataset_uri": dataset.dataset_uri, "kept_uri": dataset.kept_uri, "report": dataset.report,
-           "manifest": dataset.manifest, "content_hash": dataset.manifest["content_hash"], "cached": dataset.cached,
-           "retrieval_json": corpus.retrieval_json, "classification_dir": corpus.classification_dir}
+    with progress.stage("ingest") as stage:
+        corpus, dataset = ingest_task(config)
+        out = {"dataset_uri": dataset.dataset_uri, "kept_uri": dataset.kept_uri, "report": dataset.report,
+               "manifest": dataset.manifest, "content_hash": dataset.manifest["content_hash"], "cached": dataset.cached,
+               "retrieval_json": corpus.retrieval_json, "classification_dir": corpus.classification_dir}
+        report = out["report"]
+        stage.headline = (f"{report['rows_in']:,} pairs in, {report['rows_kept']:,} kept, "
+                          f"{report['rows_rejected']:,} rejected{_cached(out)}")
     data_report_artifact(out)
     get_run_logger().info("dataset %s: %d in, %d kept, %d rejected%s", out["dataset_uri"], out["report"]["rows_in"],
                           out["report"]["rows_kept"], out["report"]["rows_rejected"], " (cached)" if out["cached"] else "")
@@ -75,13 +85,30 @@ def train_flow(
     A lifecycle re-run after a crash finds the run its key started and resumes it; a finished key
     returns the recorded model without training.
     """
+    cfg = config
+    dataset = dataset or ingest_flow(cfg)
+    with progress.stage("train") as stage:
+        out = _train(cfg, dataset, run_id, run_tags)
+        stage.headline = _train_headline(out)
+    return out
+
+
+def _train_headline(out: dict) -> str:
+    metrics, parts = out["metrics"], []
+    if "step" in metrics:
+        parts.append(f"{int(metrics['step']):,} steps")
+    if "train/loss" in metrics:
+        parts.append(f"loss {metrics['train/loss']:.3f}")
+    return ", ".join([*parts, f"run {out['run_id']}{_cached(out)}"])
+
+
+def _train(cfg: AlignConfig, dataset: dict, run_id: str | None, run_tags: dict[str, str] | None) -> dict:
     from pathlib import Path
 
     from components.model.artifact import WEIGHTS_FILE
     from components.registry.store import run_exists
 
-    cfg, logger = config, get_run_logger()
-    dataset = dataset or ingest_flow(cfg)
+    logger = get_run_logger()
     cache, key = stage_cache(cfg), train_key(cfg, dataset, run_tags)
     if run_id is None:  # an explicit run id is a request to (re)train that run, not a cache query
         done = cache.lookup(key)
@@ -119,11 +146,18 @@ def evaluate_flow(
 ) -> dict:
     """Evaluate a trained model (the lifecycle's, or run ``run_id``'s), or any registered version
     (``models:/<name>@<alias>``). Only the lifecycle's evaluation is cached: it has a weights hash."""
+    with progress.stage("evaluate") as stage:
+        out = _evaluate(config, trained, dataset, run_id, model_uri, suites)
+        stage.headline = _evaluate_headline(out)
+    return out
+
+
+def _evaluate(cfg: AlignConfig, trained: dict | None, dataset: dict | None, run_id: str | None, model_uri: str,
+              suites: list[str] | None) -> dict:
     from components.data.ingest import prepare_corpus
     from components.evaluation.suite import EvalReport
     from components.train.stage import model_dir_for_run
 
-    cfg = config
     corpus = _corpus(dataset) if dataset else prepare_corpus(cfg)
     if model_uri:
         name, version, report, eval_run = evaluate_model_task(cfg, model_uri, corpus, suites)
@@ -147,6 +181,21 @@ def evaluate_flow(
             "suite_hashes": report.hashes, "report": outputs, "cached": cached}
 
 
+_HEADLINE_METRICS = ("mean_recall", "acc1", "k1/acc1")  # per suite, the first of these it has
+
+
+def _evaluate_headline(out: dict) -> str:
+    by_suite: dict[str, dict[str, float]] = {}
+    for name, value in out["metrics"].items():
+        suite, _, metric = name.partition("/")
+        by_suite.setdefault(suite, {})[metric] = value
+    shown = []
+    for suite, metrics in by_suite.items():
+        metric = next((m for m in _HEADLINE_METRICS if m in metrics), min(metrics))
+        shown.append(f"{suite} {metric} {metrics[metric]:.3f}")
+    return ", ".join(shown) + _cached(out)
+
+
 @flow(name="align-register")
 def register_flow(config: AlignConfig, trained: dict, dataset: dict, evaluation: dict | None = None) -> dict:
     """Register the trained model as a new version (aliased challenger); once per run and weights."""
@@ -157,12 +206,14 @@ def register_flow(config: AlignConfig, trained: dict, dataset: dict, evaluation:
     report = EvalReport.from_dict(evaluation["report"]) if evaluation else None
     key = StageKey("register", {"run_id": trained["run_id"], "weights": trained["artifact_hash"],
                                 "model_name": cfg.registry.model_name, "tracking": cfg.storage.tracking_uri})
-    outputs, cached = run_cached(
-        stage_cache(cfg), key,
-        lambda: {"version": with_retries(register_task, cfg)(
-            cfg, trained["run_id"], trained["artifact_dir"], _corpus(dataset), dataset["manifest"], report)},
-        still_valid=lambda found: version_exists(cfg.storage.tracking_uri, cfg.registry.model_name, found["version"]),
-    )
+    with progress.stage("register") as stage:
+        outputs, cached = run_cached(
+            stage_cache(cfg), key,
+            lambda: {"version": with_retries(register_task, cfg)(
+                cfg, trained["run_id"], trained["artifact_dir"], _corpus(dataset), dataset["manifest"], report)},
+            still_valid=lambda found: version_exists(cfg.storage.tracking_uri, cfg.registry.model_name, found["version"]),
+        )
+        stage.headline = f"{cfg.registry.model_name} version {outputs['version']} (challenger){_cached({'cached': cached})}"
     return outputs | {"cached": cached}
 
 
@@ -180,15 +231,35 @@ def promote_flow(
     cfg = config
     corpus = _corpus(dataset) if dataset else prepare_corpus(cfg)
     if version is None:
-        manifest = run_dict(cfg.storage, run_id, "dataset/manifest.json")
-        version = with_retries(register_task, cfg)(cfg, run_id, model_dir_for_run(cfg, run_id), corpus, manifest)
+        with progress.stage("register") as stage:
+            manifest = run_dict(cfg.storage, run_id, "dataset/manifest.json")
+            version = with_retries(register_task, cfg)(cfg, run_id, model_dir_for_run(cfg, run_id), corpus, manifest)
+            stage.headline = f"{cfg.registry.model_name} version {version} (challenger)"
     kept_uri = ""
     if cfg.index.source == "dataset":  # the new champion's search index is built from the filtered dataset
         kept_uri = dataset["kept_uri"] if dataset else ingest_task(cfg)[1].kept_uri  # cached by content
     report = EvalReport.from_dict(evaluation["report"]) if evaluation else None
-    decision = with_retries(promote_task, cfg)(cfg, version, corpus, report, force_reason, kept_uri)
-    url = with_retries(deploy_task, cfg)(cfg, version) if decision.passed and serve else ""
+    with progress.stage("gate") as stage:
+        decision = with_retries(promote_task, cfg)(cfg, version, corpus, report, force_reason, kept_uri)
+        stage.headline = _gate_headline(decision.to_dict(), str(version))
+    url = _serve(cfg, version) if decision.passed and serve else ""
     return {"model_version": version, "gate": decision.to_dict(), "serving_url": url}
+
+
+def _gate_headline(gate: dict, version: str) -> str:
+    if gate["outcome"] == "failed":
+        return "failed: " + "; ".join(gate["reasons"])
+    if gate["champion_version"] == version:
+        return f"version {version} is the champion already"
+    how = f"forced ({gate['forced_reason']})" if gate["outcome"] == "forced" else "passed"
+    return f"{how}, version {version} is the champion now"
+
+
+def _serve(cfg: AlignConfig, version: str | None = None) -> str:
+    with progress.stage("serve") as stage:
+        url = with_retries(deploy_task, cfg)(cfg, version)
+        stage.headline = f"{url} answers" + (f" with version {version}" if version else "")
+    return url
 
 
 @flow(name="align-rollback")
@@ -196,8 +267,10 @@ def rollback_flow(config: AlignConfig, reason: str = "", serve: bool = True) -> 
     """Move ``champion`` back to the previous champion and let serving follow it."""
     cfg = config
     kept_uri = ingest_task(cfg)[1].kept_uri if cfg.index.source == "dataset" else ""  # cached by content
-    event = with_retries(rollback_task, cfg)(cfg, reason, kept_uri)
-    url = with_retries(deploy_task, cfg)(cfg, event["version"]) if serve else ""
+    with progress.stage("rollback") as stage:
+        event = with_retries(rollback_task, cfg)(cfg, reason, kept_uri)
+        stage.headline = f"champion back to version {event['version']}"
+    url = _serve(cfg, event["version"]) if serve else ""
     return {"champion": event, "serving_url": url}
 
 
@@ -212,10 +285,13 @@ def index_flow(config: AlignConfig, version: str | None = None) -> dict:
     version = version or champion_version(cfg.storage.tracking_uri, cfg.registry.model_name)
     if version is None:
         raise LookupError(f"{cfg.registry.model_name} has no champion yet; pass --version")
-    _, dataset = ingest_task(cfg)
-    return asdict(with_retries(index_task, cfg)(cfg, str(version), dataset.kept_uri))
+    with progress.stage("index") as stage:
+        _, dataset = ingest_task(cfg)
+        manifest = with_retries(index_task, cfg)(cfg, str(version), dataset.kept_uri)
+        stage.headline = index_headline(manifest)
+    return asdict(manifest)
 
 
 @flow(name="align-serve")
 def serve_flow(config: AlignConfig) -> dict:
-    return {"serving_url": with_retries(deploy_task, config)(config)}
+    return {"serving_url": _serve(config)}

@@ -124,13 +124,22 @@ def _index_builder(cfg: AlignConfig, kept_uri: str):
         return None
 
     def build(version: str) -> None:
+        from components.runtime import progress
         from components.runtime.ray_cluster import connect
         from components.serving.corpus_index import index_stage
 
-        connect(cfg)
-        index_stage(cfg, version, kept_uri)
+        with progress.stage("index") as stage:
+            connect(cfg)
+            stage.headline = index_headline(index_stage(cfg, version, kept_uri))
 
     return build
+
+
+def index_headline(manifest) -> str:
+    """What the index stage's closing line says: how many images, and which index."""
+    rejected = f", {manifest.rejected:,} could not be read" if manifest.rejected else ""
+    kind = "exact" if manifest.recall_at_10 is None else f"{manifest.spec}, recall@10 {manifest.recall_at_10:.3f}"
+    return f"{manifest.items:,} images of version {manifest.model_version}{rejected} ({kind})"
 
 
 @task(name="gate-and-promote", cache_policy=NONE)

@@ -37,7 +37,10 @@ def _cache_pillow_blocks() -> None:
     Image.core.set_blocks_max(max(Image.core.get_blocks_max(), PILLOW_CACHED_BLOCKS))
 
 
-def decode_batch(batch: dict, cfg: FilterConfig, eval_hashes: np.ndarray, scorer: NsfwScorer | None = None) -> dict:
+def decode_batch(
+    batch: dict, cfg: FilterConfig, eval_hashes: np.ndarray, scorer: NsfwScorer | None = None, progress=None
+) -> dict:
+    """Pass 1 over one batch; ``progress`` (a ``WorkerProgress``) counts the rows done, for the console."""
     _cache_pillow_blocks()
     n = len(batch["key"])
     out = {c: [] for c in DECODED_COLUMNS}
@@ -92,14 +95,16 @@ def decode_batch(batch: dict, cfg: FilterConfig, eval_hashes: np.ndarray, scorer
         out["text_norm"].append(rules.normalise_text(out["text"][i]))
     for column in ("key", "source", "locator"):
         out[column] = list(batch[column])
+    if progress is not None:
+        progress.advance(n)
     return out
 
 
 class DecodeWithNsfw:
     """Actor form of ``decode_batch`` for Ray Data: loads the NSFW model once per actor."""
 
-    def __init__(self, cfg: FilterConfig, eval_hashes: np.ndarray):
-        self.cfg, self.eval_hashes, self.scorer = cfg, eval_hashes, NsfwScorer()
+    def __init__(self, cfg: FilterConfig, eval_hashes: np.ndarray, progress=None):
+        self.cfg, self.eval_hashes, self.scorer, self.progress = cfg, eval_hashes, NsfwScorer(), progress
 
     def __call__(self, batch: dict) -> dict:
-        return decode_batch(batch, self.cfg, self.eval_hashes, self.scorer)
+        return decode_batch(batch, self.cfg, self.eval_hashes, self.scorer, self.progress)

@@ -25,8 +25,10 @@ from components.config import FilterConfig, SourceConfig
 from components.data import schema
 from components.data.decode_pass import DecodeWithNsfw, decode_batch
 from components.data.nsfw import ensure_available as ensure_nsfw_available
-from components.data.sources import read_sources
+from components.data.sources import expected_rows, read_sources
 from components.data.stats import BroadcastStats, DatasetVerdicts, dataset_verdicts
+from components.runtime import progress
+from components.runtime.progress import WorkerProgress
 from components.storage import exists, join_uri, write_json
 
 log = logging.getLogger(__name__)
@@ -43,18 +45,19 @@ class FilterResult:
     manifest: dict
 
 
-def _decode(raw, cfg: FilterConfig, eval_hashes: np.ndarray, cpus: int):
+def _decode(raw, cfg: FilterConfig, eval_hashes: np.ndarray, cpus: int, reporter: WorkerProgress):
     if cfg.enabled(schema.RULE_NSFW):
         ensure_nsfw_available()
         from ray.data import ActorPoolStrategy
 
         return raw.map_batches(
             DecodeWithNsfw,
-            fn_constructor_kwargs={"cfg": cfg, "eval_hashes": eval_hashes},
+            fn_constructor_kwargs={"cfg": cfg, "eval_hashes": eval_hashes, "progress": reporter},
             batch_size=cfg.batch_size,
             compute=ActorPoolStrategy(min_size=1, max_size=cpus),
         )
-    return raw.map_batches(decode_batch, fn_kwargs={"cfg": cfg, "eval_hashes": eval_hashes}, batch_size=cfg.batch_size)
+    kwargs = {"cfg": cfg, "eval_hashes": eval_hashes, "progress": reporter}
+    return raw.map_batches(decode_batch, fn_kwargs=kwargs, batch_size=cfg.batch_size)
 
 
 class _PhaseTimer:
@@ -166,7 +169,8 @@ def _data_context(show_progress: bool):
     """Ray Data settings for this stage only, restored afterwards (the driver may train next).
 
     Progress is shown here even though the lifecycle quiets Ray Data elsewhere: an ingest can run
-    for hours, and its rows/s is what an operator watches.
+    for hours, and its rows/s is what an operator watches. Under the CLI it lands in the run's log
+    (the console draws its own bar from ``decode_batch``'s counts).
 
     Operator resource reservation keeps half the CPUs for operators other than the running one; in
     this stage almost all work is one fused read+decode operator, and on a small cluster the
@@ -222,9 +226,10 @@ def _run_filter(
     if exists(kept_uri) or exists(rejects_uri):
         raise FileExistsError(f"{output_uri} already holds a filter output; write to a fresh folder")
     timings = _PhaseTimer()
-    with timings("decode"):
+    total = expected_rows(sources) if progress.live() else None  # a second listing, only for a bar's ETA
+    with timings("decode"), progress.worker_task("decode", total=total, unit="pairs") as reporter:
         log.info("pass 1: reading %d source(s), decoding and applying per-record rules", len(sources))
-        decoded = _decode(read_sources(sources), cfg, hashes, cpus).materialize()
+        decoded = _decode(read_sources(sources), cfg, hashes, cpus, reporter).materialize()
         rows_in = decoded.count()
     with timings("statistics"):
         log.info("pass 2: dataset-wide statistics over %d rows", rows_in)

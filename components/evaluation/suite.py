@@ -21,6 +21,7 @@ from components.evaluation.classification import classification_metrics, zero_sh
 from components.evaluation.datasets import ClassificationSet, RetrievalSet, load_image_folder, load_karpathy
 from components.evaluation.retrieval import retrieval_metrics
 from components.evaluation.runner import TASK_CLASSIFICATION, TASK_KNN, TASK_RETRIEVAL, benchmark_record
+from components.runtime import progress
 
 DEFAULT_KS = {TASK_RETRIEVAL: [1, 5, 10], TASK_CLASSIFICATION: [1, 5], TASK_KNN: [1, 10]}
 PACKAGED_SETS = ("animal_mnist",)
@@ -338,8 +339,25 @@ def evaluate_suites(
     for suite in select_suites(cfg, names):
         loaded = load_suite(suite, corpus)
         plot_dir = out_dir / suite.name if (out_dir is not None and cfg.plots) else None
-        report.results.append(evaluate_suite(encoder, loaded, model_name, pretrained, cfg.batch_size, plot_dir))
+        with progress.task(suite.name, total=len(loaded.data), unit="images") as bar:
+            counted = _CountingEncoder(encoder, bar)
+            report.results.append(evaluate_suite(counted, loaded, model_name, pretrained, cfg.batch_size, plot_dir))
     return report
+
+
+class _CountingEncoder:
+    """The encoder as it is, except that each batch of images it embeds moves a progress bar."""
+
+    def __init__(self, encoder, bar):
+        self._encoder, self._bar = encoder, bar
+
+    def encode_images(self, images):
+        embeddings = self._encoder.encode_images(images)
+        self._bar.advance(len(images))
+        return embeddings
+
+    def __getattr__(self, name: str):
+        return getattr(self._encoder, name)
 
 
 def suite_hashes(cfg: EvalConfig, corpus: CorpusSets, names: list[str] | None = None) -> dict[str, str]:

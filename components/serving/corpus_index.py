@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components.config import IndexConfig
+from components.runtime import progress
 from components.storage import exists, join_uri, list_names, read_bytes, read_json, write_bytes, write_json
 
 ITEMS_DIR = "items"
@@ -54,15 +55,16 @@ class IndexManifest:
 class _ImageEmbedder:
     """Ray Data actor: one encoder per actor, loaded once, embedding a batch of encoded images."""
 
-    def __init__(self, tracking_uri: str, model_name: str, model_version: str, batch_size: int):
+    def __init__(self, tracking_uri: str, model_name: str, model_version: str, batch_size: int, progress=None):
         # Each actor fetches the model from the registry itself, so actors on other nodes need no
-        # file shared with the driver.
+        # file shared with the driver. ``progress`` (a ``WorkerProgress``) counts embedded rows.
         from components.model.artifact import load_encoder
         from components.registry.store import download_model
 
         self._tmp = tempfile.TemporaryDirectory(prefix="align-embed-")
         _, artifact_dir = download_model(tracking_uri, f"models:/{model_name}/{model_version}", dst=self._tmp.name)
         self.encoder = load_encoder(artifact_dir, batch_size=batch_size, device="auto")
+        self.progress = progress
 
     def __call__(self, batch: dict) -> pa.Table:
         from PIL import Image
@@ -81,6 +83,8 @@ class _ImageEmbedder:
         ok = [i for i, error in enumerate(errors) if not error]
         if ok:
             embeddings[ok] = self.encoder.encode_images([images[i] for i in ok])
+        if self.progress is not None:
+            self.progress.advance(len(images))
         return pa.table(
             {
                 "id": pa.array([str(k) for k in batch["key"]]),
@@ -128,15 +132,18 @@ def build_corpus_index(
     if exists(join_uri(uri, MANIFEST_FILE)):
         return uri, load_manifest(uri)  # built before by this version from this corpus
     dataset = ray.data.read_parquet(source_uri, columns=["key", "text", "image"])
-    embedded = dataset.map_batches(
-        _ImageEmbedder,
-        fn_constructor_kwargs={"tracking_uri": tracking_uri, "model_name": model_name,
-                               "model_version": str(model_version), "batch_size": cfg.batch_size},
-        batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cfg.embed_concurrency)),
-        num_cpus=1,
-    )
-    embedded.write_parquet(join_uri(uri, ITEMS_DIR), row_group_size=cfg.rows_per_group)
+    total = dataset.count() if progress.live() else None  # Parquet footers: no image is read for it
+    with progress.worker_task("embed", total=total, unit="images") as reporter:
+        embedded = dataset.map_batches(
+            _ImageEmbedder,
+            fn_constructor_kwargs={"tracking_uri": tracking_uri, "model_name": model_name,
+                                   "model_version": str(model_version), "batch_size": cfg.batch_size,
+                                   "progress": reporter},
+            batch_size=cfg.batch_size,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cfg.embed_concurrency)),
+            num_cpus=1,
+        )
+        embedded.write_parquet(join_uri(uri, ITEMS_DIR), row_group_size=cfg.rows_per_group)
     return uri, index_written_items(cfg, uri, model_name, model_version, source_uri, started)
 
 

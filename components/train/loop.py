@@ -30,8 +30,11 @@ from components.train.step import train_step
 from components.train.validation import validation_metrics
 
 # Ray Train patches ``print`` to log, and also tees to stdout when another library has wrapped
-# sys.stdout (MLflow does): each line then reached the console twice. An explicit stream prints once.
+# sys.stdout (MLflow does): each line then reached the driver twice. An explicit stream prints once.
+# Ray forwards these lines to the driver, whose CLI keeps them in the run's log; its console shows the
+# step bar fed through ``loop_config["progress"]`` instead.
 _CONSOLE = sys.__stdout__
+_SMOOTHING = 0.1  # weight of the newest step in the bar's loss and rate
 
 
 def _materialise_tokenizer(files: dict[str, str]):
@@ -96,10 +99,12 @@ class _Window:
 
 
 class _Rank0Reporter:
-    """MLflow metrics (and system metrics) plus a console line, from rank 0 only."""
+    """MLflow metrics (and system metrics), a log line and the progress bar, from rank 0 only."""
 
     def __init__(self, loop_config: dict, cfg: AlignConfig, rank: int):
         self.client = self.monitor = None
+        self.progress = loop_config.get("progress") if rank == 0 else None  # a WorkerProgress
+        self._loss = self._step_time = None
         self.run_id = loop_config.get("run_id") if rank == 0 else None
         self.validation_pairs = loop_config.get("validation") if rank == 0 and cfg.train.val_every > 0 else None
         self.total = cfg.train.steps
@@ -135,6 +140,15 @@ class _Rank0Reporter:
 
             now = int(time.time() * 1000)
             self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def step(self, step: int, loss: float, step_time: float, global_batch: int) -> None:
+        """Every step: the bar's position, with a smoothed loss and samples/s (sent at most twice a second)."""
+        if self.progress is None:
+            return
+        self._loss = loss if self._loss is None else (1 - _SMOOTHING) * self._loss + _SMOOTHING * loss
+        self._step_time = step_time if self._step_time is None else (1 - _SMOOTHING) * self._step_time + _SMOOTHING * step_time
+        rate = global_batch / max(self._step_time, 1e-9)
+        self.progress.update(step, final=step >= self.total, loss=round(self._loss, 3), **{"samples/s": round(rate)})
 
     def report(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
@@ -255,6 +269,7 @@ def _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, tokenizer, re
         fetch_start = done
         record_step_metrics(run_name, rank, step, loss_value, temperature, data_time, step_time,
                             cfg.train.global_batch_size)
+        reporter.step(step, loss_value, step_time, cfg.train.global_batch_size)
 
         last = step >= cfg.train.steps
         checkpoint_now = step % cfg.train.checkpoint_every == 0 or last

@@ -119,42 +119,47 @@ def run_training(
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from components.runtime import progress
+
     dataset = load_training_dataset(kept_uri)
     if cfg.train.cache_shard:
         # Small data: read it once now, while Ray Data can still get CPUs; once the workers hold
         # theirs, iterating a materialised dataset needs no further read tasks.
         dataset = dataset.materialize()
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "config": cfg.model_dump(),
-            "tokenizer_files": tokenizer_files(cfg, run_name, dataset, kept_uri),
-            "tracking_uri": tracking_uri,
-            "run_id": run_id,
-            "validation": load_validation_pairs(
-                validation_json, cfg.eval.retrieval_split, cfg.train.val_images if cfg.train.val_every else 0
+    loop_config = {
+        "config": cfg.model_dump(),
+        "tokenizer_files": tokenizer_files(cfg, run_name, dataset, kept_uri),
+        "tracking_uri": tracking_uri,
+        "run_id": run_id,
+        "validation": load_validation_pairs(
+            validation_json, cfg.eval.retrieval_split, cfg.train.val_images if cfg.train.val_every else 0
+        ),
+    }
+    # Rank 0 moves the console's step bar (a no-op reporter when nobody watches).
+    with progress.worker_task("train", total=cfg.train.steps, unit="steps") as reporter:
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config | {"progress": reporter},
+            scaling_config=ScalingConfig(
+                num_workers=cfg.train.num_workers,
+                use_gpu=cfg.train.use_gpu,
+                resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+                placement_strategy=cfg.train.placement_strategy,
             ),
-        },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers,
-            use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
-            placement_strategy=cfg.train.placement_strategy,
-        ),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=cfg.storage.checkpoints_uri,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            # A lost worker restarts the whole group from the last checkpoint, up to this many times.
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-        ),
-        datasets={"train": dataset},
-        # Cached shards: every worker gets the whole (small) dataset and takes its own fixed slice, so
-        # which rows a rank trains on does not depend on timing (Ray's streaming split hands blocks
-        # to whichever worker asks first) and a restarted run sees the same rows.
-        dataset_config=DataConfig(datasets_to_split=[] if cfg.train.cache_shard else "all"),
-    )
-    result = trainer.fit()
+            run_config=RunConfig(
+                name=run_name,
+                storage_path=cfg.storage.checkpoints_uri,
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+                # A lost worker restarts the whole group from the last checkpoint, up to this many times.
+                failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            ),
+            datasets={"train": dataset},
+            # Cached shards: every worker gets the whole (small) dataset and takes its own fixed slice, so
+            # which rows a rank trains on does not depend on timing (Ray's streaming split hands blocks
+            # to whichever worker asks first) and a restarted run sees the same rows.
+            dataset_config=DataConfig(datasets_to_split=[] if cfg.train.cache_shard else "all"),
+        )
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name!r} finished without a checkpoint")
     out = Path(output_dir)

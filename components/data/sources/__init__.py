@@ -34,3 +34,15 @@ def read_sources(sources: list[SourceConfig]):
         raise ValueError(f"source names must be unique (they prefix every key): {names}")
     datasets = [read_source(s) for s in sources]
     return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+
+
+def expected_rows(sources: list[SourceConfig]) -> int | None:
+    """How many raw records ``read_sources`` will give, when every reader can tell without reading the
+    data (its ``expected_rows``); None otherwise. For progress bars only."""
+    total = 0
+    for source in sources:
+        count = getattr(importlib.import_module(_MODULES[source.format]), "expected_rows", None)
+        if count is None:
+            return None
+        total += count(source)
+    return total

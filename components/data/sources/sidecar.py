@@ -42,6 +42,11 @@ def list_pairs(source: SourceConfig) -> list[dict]:
     ]
 
 
+def expected_rows(source: SourceConfig) -> int:
+    """One record per listed name (see ``read``)."""
+    return len(list_pairs(source))
+
+
 def load_pair(batch: dict, uri: str, source: str) -> dict:
     """Ray Data batch UDF: read each row's image and caption bytes; failures become verdicts."""
     fs, _ = filesystem(uri)
