@@ -137,7 +137,7 @@ def connect(cfg: AlignConfig) -> str:
         os.environ.update(local_head_token_env(_state_dir(cfg.storage.home), recorded))
     else:
         address = cfg.ray.address
-    # Worker output reaches this console: training's per-step progress lines are printed by rank 0.
+    # Worker output reaches this process (the CLI puts it in the run's log; `-v` shows it): rank 0 prints each step.
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     # Helper processes this driver starts (Ray Train's placement-group cleaner) call ray.init() without
     # an address; with several Ray instances on one machine they would pick the newest, not ours.
