@@ -5,24 +5,9 @@ import time
 import pytest
 
 from components.runtime import progress
+from tests.progress_fakes import RecordingSink
 
 pytestmark = pytest.mark.integration
-
-
-class RecordingSink(progress.Sink):
-    live = True  # wants worker progress: the board actor is made
-
-    def __init__(self):
-        self.events = []
-
-    def task_started(self, task, description, total, unit):
-        self.events.append(("task", description, total, unit))
-
-    def task_progress(self, task, completed, fields):
-        self.events.append(("progress", completed, fields))
-
-    def task_finished(self, task):
-        self.events.append(("task done",))
 
 
 def test_ray_workers_report_through_the_board_actor_to_the_drivers_sink(ray_session):

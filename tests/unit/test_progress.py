@@ -6,31 +6,7 @@ import pickle
 import pytest
 
 from components.runtime import progress
-
-
-class RecordingSink(progress.Sink):
-    live = True
-
-    def __init__(self):
-        self.events = []
-
-    def stage_started(self, stage, depth):
-        self.events.append(("started", stage, depth))
-
-    def stage_finished(self, stage, seconds, headline, depth):
-        self.events.append(("finished", stage, headline, depth))
-
-    def stage_failed(self, stage, seconds, error, depth):
-        self.events.append(("failed", stage, type(error).__name__, depth))
-
-    def task_started(self, task, description, total, unit):
-        self.events.append(("task", description, total, unit))
-
-    def task_progress(self, task, completed, fields):
-        self.events.append(("progress", completed, fields))
-
-    def task_finished(self, task):
-        self.events.append(("task done",))
+from tests.progress_fakes import RecordingSink
 
 
 def test_without_a_sink_stages_only_log_and_worker_reporters_do_nothing(caplog):
