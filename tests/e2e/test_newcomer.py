@@ -28,7 +28,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 ROOT = Path(__file__).resolve().parents[2]
 INHERITED_PREFIXES = ("RAY_", "MLFLOW_", "PREFECT_", "AWS_", "ALIGN_", "PYTEST_", "HF_", "TOKENIZERS_")
-INHERITED_NAMES = {"VENV_CACHE", "VIRTUAL_ENV", "PYTHONPATH", "DO_NOT_TRACK"}
+# The outer `make test` passes its own state on through the environment (and a nested make then prints
+# "Entering directory" lines a newcomer's shell would not show).
+INHERITED_NAMES = {"VENV_CACHE", "VIRTUAL_ENV", "PYTHONPATH", "DO_NOT_TRACK", "MAKEFLAGS", "MAKELEVEL", "MFLAGS"}
 CONSOLE_MAX_LINES = 60
 # Lines from Ray's, Python's or a library's logging and warning machinery, which belong in the log file.
 NOISE = re.compile(
