@@ -261,8 +261,15 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, f"ray.address={args.address}"]
     if args.verb in STAGED_VERBS:
         return _staged(args, argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
+    # Data and server verbs print their own result; the libraries' INFO chatter (MLflow creating its tables,
+    # one line per Prefect API call) only with -v. The platform's own INFO lines stay.
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for ours in ("components", "flows"):
+        logging.getLogger(ours).setLevel(logging.INFO)
+    if not args.verbose:
+        for chatty in ("mlflow", "httpx", "prefect"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     cfg = load_config(args.config, getattr(args, "overrides", []))
     _prepare_environment(cfg)
 
@@ -273,7 +280,20 @@ def main(argv: list[str] | None = None) -> int:
         from components.serving.client import search
         from components.serving.deploy import endpoint_url
 
-        _print(search(args.url or endpoint_url(cfg.serve), args.text, args.k))
+        import httpx
+
+        from components.serving.client import SearchError
+
+        url = args.url or endpoint_url(cfg.serve)
+        try:
+            _print(search(url, args.text, args.k))
+        except httpx.TransportError as error:
+            print(f"align search: nothing answers at {url} ({error}). Start serving with `make run` or "
+                  "`align serve`, or name the endpoint with --url.", file=sys.stderr)
+            return 1
+        except SearchError as error:
+            print(f"align search: {error}", file=sys.stderr)
+            return 1
         return 0
     if args.verb == "report":
         return _report_verb(args, cfg)

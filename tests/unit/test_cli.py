@@ -67,3 +67,18 @@ def test_address_flag_runs_any_stage_on_an_existing_cluster(tmp_path, monkeypatc
     assert resolved["ray"]["address"] == "head:6379" and resolved["seed"] == 3  # the flag sets ray.address only
     assert main(["config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["ray"]["address"] == "local"  # default: a local head
+
+
+def test_search_with_nothing_serving_names_the_fix(tmp_path, monkeypatch, capsys):
+    from components.runtime.ray_cluster import free_port
+
+    monkeypatch.setenv("ALIGN_HOME", str(tmp_path))
+    assert main(["search", "a red circle", "--url", f"http://127.0.0.1:{free_port()}"]) == 1
+    err = capsys.readouterr().err
+    assert "nothing answers at http://127.0.0.1:" in err and "align serve" in err and "Traceback" not in err
+
+
+def test_down_with_nothing_running_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ALIGN_HOME", str(tmp_path))
+    assert main(["down"]) == 0
+    assert capsys.readouterr().out.strip() == "nothing was running"
