@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     for ours in ("components", "flows"):
         logging.getLogger(ours).setLevel(logging.INFO)
     if not args.verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers' level on import
         for chatty in ("mlflow", "httpx", "prefect"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
     cfg = load_config(args.config, getattr(args, "overrides", []))
