@@ -114,7 +114,7 @@ def _noisy_verb(console):
         print("print() from a library")
         os.write(1, b"C-level write to fd 1\n")
         os.write(2, b"C-level write to fd 2\n")
-        logging.getLogger("ray.data").warning("WARNING from a library logger")
+        logging.getLogger("a_library").warning("WARNING from a library logger")  # not ray.data: Ray reconfigures it once imported
         logging.getLogger("components.data.pipeline").info("INFO from the platform's own logger")
         subprocess.run([sys.executable, "-c", "import sys; print('subprocess stdout'); print('subprocess stderr', file=sys.stderr)"],
                        check=True)
