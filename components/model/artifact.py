@@ -77,9 +77,14 @@ def load_model(directory: str | Path) -> tuple[AlignModel, object]:
 class AlignEncoder:
     """Inference wrapper: PIL images / strings in, L2-normalised numpy embeddings out."""
 
-    def __init__(self, model: AlignModel, tokenizer, batch_size: int = 128, device: str = "cpu"):
-        self.device = torch.device(resolve_device(device))
-        self.model = model.eval().to(self.device)
+    def __init__(self, model: AlignModel, tokenizer, batch_size: int = 128, device: str | None = "cpu"):
+        """``device=None``: use the model where it is and never move it (a model being trained)."""
+        if device is None:
+            self.device = next(model.parameters()).device
+            self.model = model.eval()
+        else:
+            self.device = torch.device(resolve_device(device))
+            self.model = model.eval().to(self.device)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.preprocess = build_pipeline(model.cfg.eval_preprocess)

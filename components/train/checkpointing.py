@@ -51,7 +51,9 @@ def restore_checkpoint(directory: str, model, optimizer, scheduler) -> Position:
     from safetensors.torch import load_file
 
     unwrap(model).load_state_dict(load_file(os.path.join(directory, WEIGHTS_FILE)))
-    state = torch.load(os.path.join(directory, STATE_FILE), weights_only=True)
+    # To the CPU first: saved on cuda:0, the state would otherwise land on cuda:0 for every rank of a node
+    # (Ray shares CUDA_VISIBLE_DEVICES); load_state_dict then moves it next to each parameter.
+    state = torch.load(os.path.join(directory, STATE_FILE), weights_only=True, map_location="cpu")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     return Position(int(state["step"]), int(state.get("epoch", 0)), int(state.get("batch_in_epoch", 0)))

@@ -51,7 +51,18 @@ def sync_batchnorm(model: torch.nn.Module, enabled: bool, device: torch.device, 
         return model
     if device.type == "cpu":
         raise ValueError("train.sync_batchnorm needs GPU workers: torch's SyncBatchNorm does not run on CPU")
-    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return convert_sync_batchnorm(model)
+
+
+def convert_sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """SyncBN layers in place of BatchNorm, activations kept.
+
+    torch's own conversion turns timm's fused ``BatchNormAct2d`` into a bare ``SyncBatchNorm`` and drops
+    its activation (the tower then computes another function); timm's keeps norm and activation together.
+    """
+    from timm.layers import convert_sync_batchnorm as timm_convert
+
+    return timm_convert(model)
 
 
 def worker_nodes(world: int) -> list[str]:

@@ -36,16 +36,21 @@ def load_validation_pairs(retrieval_json: str, split: str, max_images: int) -> d
 
 
 def validation_metrics(model, tokenizer, pairs: dict, ks=(1, 5, 10)) -> dict[str, float]:
-    """Recall@K both ways on the shipped pairs; leaves ``model`` in train mode afterwards."""
+    """Recall@K both ways on the shipped pairs, on the device the model trains on.
+
+    The model being trained is never moved (an encoder's default device, the CPU, would strand a GPU
+    model there and crash the next step), and its mode is restored to what the loop had set.
+    """
     from components.model.artifact import AlignEncoder, unwrap
 
     core = unwrap(model)
+    was_training = core.training
     try:
-        encoder = AlignEncoder(core, tokenizer)
+        encoder = AlignEncoder(core, tokenizer, device=None)
         images = [Image.open(io.BytesIO(data)) for data in pairs["images"]]
         metrics = retrieval_metrics(
             encoder.encode_images(images), encoder.encode_texts(pairs["captions"]), np.asarray(pairs["caption_to_image"]), ks=ks
         )
     finally:
-        core.train()
+        core.train(was_training)
     return {mlflow_metric_name("val", name): value for name, value in metrics.items()}

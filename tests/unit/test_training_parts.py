@@ -9,7 +9,7 @@ import torch
 from components.config import AlignConfig, TrainConfig
 from components.train.batches import iterate_batches, prefetch
 from components.train.checkpointing import Position, step_seed
-from components.train.loop import _Window, sync_batchnorm
+from components.train.loop import _Window, convert_sync_batchnorm, sync_batchnorm
 from components.train.step import autocast, train_step
 
 
@@ -74,7 +74,7 @@ def test_sync_batchnorm_is_refused_on_cpu_workers_and_skipped_for_one_worker():
     assert sync_batchnorm(model, False, torch.device("cpu"), world=2) is model
     with pytest.raises(ValueError, match="needs GPU workers"):
         sync_batchnorm(model, True, torch.device("cpu"), world=2)
-    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    converted = convert_sync_batchnorm(model)
     assert isinstance(converted[1], torch.nn.SyncBatchNorm)  # what GPU workers get
 
 
