@@ -278,12 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         print(dump_config(cfg))
         return 0
     if args.verb == "search":
-        from components.serving.client import search
-        from components.serving.deploy import endpoint_url
-
         import httpx
 
-        from components.serving.client import SearchError
+        from components.serving.client import SearchError, search
+        from components.serving.deploy import endpoint_url
 
         url = args.url or endpoint_url(cfg.serve)
         try:

@@ -61,7 +61,7 @@ def ingest_flow(config: AlignConfig) -> dict:
                           f"{report['rows_rejected']:,} rejected{_cached(out)}")
     data_report_artifact(out)
     get_run_logger().info("dataset %s: %d in, %d kept, %d rejected%s", out["dataset_uri"], out["report"]["rows_in"],
-                          out["report"]["rows_kept"], out["report"]["rows_rejected"], " (cached)" if out["cached"] else "")
+                          out["report"]["rows_kept"], out["report"]["rows_rejected"], _cached(out))
     return out
 
 
@@ -196,6 +196,10 @@ def _evaluate_headline(out: dict) -> str:
     return ", ".join(shown) + _cached(out)
 
 
+def _register_headline(cfg: AlignConfig, version: str, cached: bool = False) -> str:
+    return f"{cfg.registry.model_name} version {version} (challenger){_cached({'cached': cached})}"
+
+
 @flow(name="align-register")
 def register_flow(config: AlignConfig, trained: dict, dataset: dict, evaluation: dict | None = None) -> dict:
     """Register the trained model as a new version (aliased challenger); once per run and weights."""
@@ -213,7 +217,7 @@ def register_flow(config: AlignConfig, trained: dict, dataset: dict, evaluation:
                 cfg, trained["run_id"], trained["artifact_dir"], _corpus(dataset), dataset["manifest"], report)},
             still_valid=lambda found: version_exists(cfg.storage.tracking_uri, cfg.registry.model_name, found["version"]),
         )
-        stage.headline = f"{cfg.registry.model_name} version {outputs['version']} (challenger){_cached({'cached': cached})}"
+        stage.headline = _register_headline(cfg, outputs["version"], cached)
     return outputs | {"cached": cached}
 
 
@@ -234,7 +238,7 @@ def promote_flow(
         with progress.stage("register") as stage:
             manifest = run_dict(cfg.storage, run_id, "dataset/manifest.json")
             version = with_retries(register_task, cfg)(cfg, run_id, model_dir_for_run(cfg, run_id), corpus, manifest)
-            stage.headline = f"{cfg.registry.model_name} version {version} (challenger)"
+            stage.headline = _register_headline(cfg, version)
     kept_uri = ""
     if cfg.index.source == "dataset":  # the new champion's search index is built from the filtered dataset
         kept_uri = dataset["kept_uri"] if dataset else ingest_task(cfg)[1].kept_uri  # cached by content
