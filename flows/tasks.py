@@ -1,6 +1,6 @@
 """Prefect tasks, one per lifecycle stage; each is a thin call into ``components``.
 
-Heavy stages run Ray Data / Ray Train *inside* ordinary tasks (DESIGN.md §5), connected to the
+Heavy stages run Ray Data / Ray Train *inside* ordinary tasks (ARCHITECTURE.md, decisions), connected to the
 configured Ray cluster. Prefect's own task cache is off: stages are cached by ``flows.stages`` on
 their inputs' hashes (``components.runtime.stage_cache``), in JSON records next to the outputs.
 """

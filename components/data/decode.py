@@ -34,7 +34,7 @@ def decode_image(data: bytes, max_pixels: int, min_short_side: int = 0) -> tuple
 
     ``min_short_side`` > 0 lets JPEG decoding use draft mode (DCT scaling): the decoder skips detail
     that a resize to that shorter side would throw away anyway, which is most of the decode cost for
-    large web photos (DESIGN.md §8).
+    large web photos (ARCHITECTURE.md, measured facts).
     """
     if not data:
         return None, (schema.RULE_IMAGE_UNDECODABLE, "empty file")

@@ -1,6 +1,6 @@
 """The ingest + filter stage: raw pairs in, training shards + rejects + report + manifest out.
 
-Two passes over the data with Ray Data (DESIGN.md §2, §4):
+Two passes over the data with Ray Data (paper §3; ARCHITECTURE.md):
   1. read every source, decode each record once, apply the per-record rules, hash, resize kept
      images for training (``decode_pass``); materialised;
   2. dataset-wide rules: group-bys over pass 1 and joins back onto the surviving rows (``stats``).

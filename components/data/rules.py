@@ -1,4 +1,4 @@
-"""ALIGN's filter rules as pure functions (paper §3; DESIGN.md §2). Inequalities are strict, as in the paper.
+"""ALIGN's filter rules as pure functions (paper §3). Inequalities are strict, as in the paper.
 
 Each returns ``None`` when the record passes, else ``(rule, detail)``. Dataset-wide rules take the
 statistics computed by ``components.data.stats`` in the first pass.

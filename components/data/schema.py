@@ -1,4 +1,4 @@
-"""Column names and rule names shared by the data stage and its consumers (DESIGN.md §4)."""
+"""Column names and rule names shared by the data stage and its consumers."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Approximate nearest-neighbour (ANN) search for large serving corpora, and the data to judge it on.
 
 Why an ANN index at all: exact (flat) inner-product search costs O(n·d) per query. On 2 cores at
-256-d that is ~6 ms per query at 100k vectors but ~80 ms at 1M (DESIGN.md §8), too slow for
+256-d that is ~6 ms per query at 100k vectors but ~80 ms at 1M (ARCHITECTURE.md, measured facts), too slow for
 interactive search. Small corpora stay exact (``choose_index_spec``); above a configurable size the
 serving index switches to an ANN index, whose recall against exact search is *measured*
 (``recall_at_k``) rather than assumed, because an ANN index's recall depends on the data.

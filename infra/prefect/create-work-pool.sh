@@ -3,7 +3,7 @@
 #
 # A *process* pool: the worker runs each flow run as a subprocess on its own machine, inside the
 # project's virtual environment. That is what the lifecycle needs: its heavy stages are Ray Data /
-# Ray Train calls made from ordinary Prefect tasks (DESIGN.md §5), so the worker only has to be a
+# Ray Train calls made from ordinary Prefect tasks (ARCHITECTURE.md, decisions), so the worker only has to be a
 # machine that can reach the Ray cluster (a laptop for the embedded recipe, the Ray head on a
 # cluster), not a container platform.
 #
