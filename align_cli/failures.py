@@ -2,6 +2,7 @@
 
 The traceback is for the log; the console gets a reason a person can act on. Each matcher looks at
 one exception of the chain (the error and what it was raised from) and names a cause it recognises.
+Messages and the tracking URI are redacted (``components.secrets``) before they are shown or cut.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import errno
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
+from components.secrets import redact_text, redact_uri
 
 REASON_MAX_CHARS = 600
 GENERIC_HINT = "Rerun with --verbose to see everything live, or read the log for the full traceback."
@@ -36,7 +39,7 @@ def paragraph(text: str, limit: int = REASON_MAX_CHARS) -> str:
 
 
 def _message(error: BaseException) -> str:
-    return str(error) or type(error).__name__
+    return redact_text(str(error)) or type(error).__name__
 
 
 def _config_error(error: BaseException, tracking_uri: str) -> Explanation | None:
@@ -52,7 +55,7 @@ def _config_error(error: BaseException, tracking_uri: str) -> Explanation | None
         if item.get("type") == "extra_forbidden":
             problems.append(f"{key} is not a known setting")
         else:
-            problems.append(f"{key}: {item.get('msg', 'invalid')} (got {item.get('input')!r})")
+            problems.append(redact_text(f"{key}: {item.get('msg', 'invalid')} (got {item.get('input')!r})"))
     more = len(error.errors()) - len(problems)
     return Explanation(
         "The configuration is not valid: " + "; ".join(problems) + (f"; and {more} more" if more > 0 else "") + ".",
@@ -188,11 +191,12 @@ _MATCHERS: tuple[Callable[[BaseException, str], Explanation | None], ...] = (
 
 def explain(error: BaseException, tracking_uri: str = "") -> Explanation:
     """A plain reason and a hint for ``error``; ``tracking_uri`` names the tracking server when it matters."""
+    tracking_uri = redact_uri(tracking_uri)
     for cause in _chain(error):
         for matcher in _MATCHERS:
             found = matcher(cause, tracking_uri)
             if found is not None:
-                return found
+                return Explanation(redact_text(found.reason), redact_text(found.hint))
     return Explanation(paragraph(f"{type(error).__name__}: {_gist(_message(error))}"), GENERIC_HINT)
 
 

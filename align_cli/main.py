@@ -36,6 +36,7 @@ import sys
 import time
 
 from components.config import AlignConfig, dump_config, load_config
+from components.secrets import redact_text
 
 
 def _prepare_environment(cfg: AlignConfig) -> None:
@@ -199,7 +200,7 @@ def _experiment_verb(spec, console) -> int:
     console.result("\n".join([
         to_markdown(result["table"], f"Experiment {spec.name}"),
         f"parent run: {parent}",
-        "report: " + " ".join(["align report --parent", parent, *storage]),
+        "report: " + redact_text(" ".join(["align report --parent", parent, *storage])),  # no password shown
     ]))
     return 0
 
@@ -275,22 +276,22 @@ def main(argv: list[str] | None = None) -> int:
     _prepare_environment(cfg)
 
     if args.verb == "config":
-        print(dump_config(cfg))
+        print(redact_text(dump_config(cfg)))  # a store URI's password reads ***
         return 0
     if args.verb == "search":
         import httpx
 
-        from components.serving.client import SearchError, search
+        from components.serving.client import search
         from components.serving.deploy import endpoint_url
 
         url = args.url or endpoint_url(cfg.serve)
         try:
-            _print(search(url, args.text, args.k))
+            _print(search(url, args.text, args.k, api_key_env=cfg.serve.api_key_env))
         except httpx.TransportError as error:
             print(f"align search: nothing answers at {url} ({error}). Start serving with `make run` or "
                   "`align serve`, or name the endpoint with --url.", file=sys.stderr)
             return 1
-        except SearchError as error:
+        except RuntimeError as error:  # SearchError, or serve.api_key_env naming an unset variable
             print(f"align search: {error}", file=sys.stderr)
             return 1
         return 0

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from align_cli.console import Console, duration, make_console
 from align_cli.failures import explain
 from align_cli.output import RedirectedOutput, configure_logging, log_path
+from components.secrets import redact_text
 
 INTERRUPTED = 130  # the shell's code for Ctrl-C
 
@@ -46,7 +47,8 @@ def run_staged(
         except OSError as error:  # no log file (a read-only state folder): show everything instead
             sys.stderr.write(f"align: cannot write a log file under {home} ({error}); showing everything\n")
             return run_staged(verb, home, body, verbose=True, tracking_uri=tracking_uri, command=command)
-        redirected.write_log(f"=== align {' '.join(command or [verb])} ({time.strftime('%Y-%m-%d %H:%M:%S')}) ===")
+        started_at = time.strftime("%Y-%m-%d %H:%M:%S")
+        redirected.write_log(redact_text(f"=== align {' '.join(command or [verb])} ({started_at}) ==="))
         console = make_console(redirected.console_out, redirected.console_err)
         console.log_path = str(redirected.path)
     try:
@@ -78,7 +80,7 @@ def run_staged(
 
 
 def _record_traceback(redirected: RedirectedOutput | None) -> None:
-    text = traceback.format_exc()
+    text = redact_text(traceback.format_exc())  # a message may quote a store URI
     if redirected is not None:
         redirected.write_log(text)
     else:  # verbose: everything is on the terminal already, the traceback too

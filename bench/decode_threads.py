@@ -63,7 +63,7 @@ def main() -> None:
     jpegs = _stored_jpegs(args.images)
     batches = [{"image": jpegs[i : i + args.batch]} for i in range(0, len(jpegs) - args.batch + 1, args.batch)]
     cfg = ModelConfig(train_preprocess=PREPROCESS, channels_last=True)
-    builder = BatchBuilder(cfg, tokenizer=None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    builder = BatchBuilder(cfg, tokenizer=None)
     step_s = args.step_ms / 1000
     _images_per_s(builder, batches, 0, 0.0, 1)  # warm-up: imports, allocator, page cache
 

@@ -36,30 +36,13 @@ from components.config import PROJECT_ROOT, AlignConfig, ModelConfig, load_confi
 from components.model.align import AlignModel
 from components.model.loss import ContrastiveLoss
 from components.model.preprocess import output_size
+from components.train.accelerators import peak_tflops
 from components.train.schedule import build_optimizer, build_scheduler
 from components.train.step import forward_loss, train_step
 
 RECIPE = PROJECT_ROOT / "configs" / "paper-b7-bert-base.yaml"
 RESULTS = Path(__file__).parent / "results"
 PRECISION = "bf16"  # components.train.step: bf16 autocast for the towers, fp32 similarities and loss
-# Dense bf16 tensor-core peak in TFLOP/s, first substring of torch.cuda.get_device_name() that matches
-# (order matters: "H200" before "H20", "L40S" before "L40" before "L4").
-PEAK_BF16_TFLOPS = [
-    ("GH200", 989.4),
-    ("H200 NVL", 835.5),
-    ("H200", 989.4),
-    ("H100 PCIe", 756.5),
-    ("H100 NVL", 835.5),
-    ("H100", 989.4),  # SXM ("NVIDIA H100 80GB HBM3")
-    ("H800", 989.4),
-    ("B200", 2250.0),
-    ("B100", 1750.0),
-    ("A100", 312.0),
-    ("A800", 312.0),
-    ("L40S", 362.05),
-    ("L40", 181.05),
-    ("L4", 121.0),
-]
 # --smoke: tinynet_e + a 2-layer BERT at 64 px, batch 4, 2 steps on CPU (bf16 autocast on CPU too).
 SMOKE_OVERRIDES = [
     "model.image_tower=tinynet_e",
@@ -72,13 +55,6 @@ SMOKE_OVERRIDES = [
     "model.text.max_length=16",
     "model.text.tokenizer_vocab_size=1000",
 ]
-
-
-def peak_tflops(device_name: str) -> float | None:
-    for key, value in PEAK_BF16_TFLOPS:
-        if key in device_name:
-            return value
-    return None
 
 
 def _sync(device: torch.device) -> None:

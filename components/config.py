@@ -126,7 +126,12 @@ class FilterConfig(_Section):
     min_words: int = 3  # drop alt-texts with < this many unigrams
     max_words: int = 20  # ... or > this many
     near_duplicate_max_distance: int = 4  # Hamming distance on a 64-bit dHash
-    max_image_pixels: int = 89_478_485  # decompression-bomb guard (Pillow's default)
+    max_image_pixels: int = 89_478_485  # decompression-bomb guard (Pillow's default); also SVG-embedded rasters
+    # SVG render budget, per file: elements drawn (<use>, pattern, mask, clip, marker references expanded;
+    # a <use> bomb grows ×11 per level) and a deadline, a backstop for costs no count sees (so it is
+    # machine-dependent near the limit).
+    max_svg_elements: int = 20_000  # openclipart: median 47, largest 12,698
+    max_svg_render_seconds: float = 60.0  # openclipart's slowest file took 12-34 s on a loaded 2-core box
     resize_short_side: int = 346  # kept images are stored resized for training (paper: 346)
     jpeg_quality: int = 90
     rows_per_shard: int = 2000
@@ -214,6 +219,9 @@ class TrainConfig(_Section):
     # own thread). An accelerator needs them: one thread decodes ~3k small JPEGs/s; on CPU they take cores
     # from the step.
     decode_threads: int = Field(0, ge=0)
+    # The card a GPU recipe's per-device batch and input pipeline are sized for (a name in
+    # components/train/accelerators.py); the run checks the card it gets has at least its memory.
+    accelerator: str = ""
     # bf16: autocast forward and loss to bfloat16 where the device supports it (GPUs, recent CPUs).
     precision: Literal["fp32", "bf16"] = "fp32"
     sync_batchnorm: bool = False  # BN statistics over the global batch (small per-device batches)
@@ -223,6 +231,15 @@ class TrainConfig(_Section):
     # Retrieval on held-out pairs every N steps (0: off), on up to this many evaluation images.
     val_every: int = 0
     val_images: int = 200
+
+    @field_validator("accelerator")
+    @classmethod
+    def _known_card(cls, value: str) -> str:
+        if value:
+            from components.train.accelerators import card
+
+            card(value)
+        return value
 
     @field_validator("global_batch_size")
     @classmethod
@@ -361,9 +378,11 @@ class ServeConfig(_Section):
     max_body_bytes: int = 8 * 1024 * 1024
     max_image_bytes: int = 4 * 1024 * 1024
     max_image_pixels: int = 40_000_000  # decompression-bomb guard, checked before decoding
-    max_text_chars: int = 1000
-    max_items_per_request: int = 32  # texts or images in one embed/classify call
+    max_text_chars: int = 1000  # per text: a search text or modifier, an embed text, a label, a template
+    max_items_per_request: int = 32  # texts, images or prompt templates in one embed/classify call
     max_labels: int = 100  # candidate labels in one classify call
+    # Texts one classify call encodes (labels x templates; 3 default templates): bounds its encoder work.
+    max_prompts_per_request: int = 400
     batch_size: int = 16  # dynamic batching (@serve.batch): searches / encoder inputs per call
     # 0: a batch takes whatever queued while the previous one ran. On CPU that already fills batches under
     # load, and a request arriving alone does not wait; raise it for a GPU that wants full batches.
@@ -391,6 +410,9 @@ class RayConfig(_Section):
     address: str = "local"  # "local": a head under <home>/ray started on demand; or host:port / "auto" (not ray://)
     num_cpus: int = 0  # 0: the machine's CPUs (local head only)
     dashboard: bool = False
+    # Local head only: every Ray port (GCS, raylet, agents, Ray Client) on 127.0.0.1, so no other node
+    # can join it; false: Ray's default, the machine's routable address (token auth stays on either way).
+    loopback_only: bool = True
     # Environment of the local head's processes; a variable already set in the caller's environment wins.
     env: dict[str, str] = dict(SERVE_LATENCY_ENV)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pyarrow.fs as pafs
 
@@ -21,11 +22,7 @@ def exists(uri: str) -> bool:
 
 
 def write_json(uri: str, payload: dict) -> None:
-    fs, path = _fs(uri)
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    with fs.open_output_stream(path) as stream:
-        stream.write(json.dumps(payload, indent=2, sort_keys=True).encode())
+    write_bytes(uri, json.dumps(payload, indent=2, sort_keys=True).encode())
 
 
 def read_json(uri: str) -> dict:
@@ -49,10 +46,36 @@ def read_text(uri: str) -> str:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
+    """Publish ``data`` at ``uri`` whole or not at all: a reader never sees a torn file.
+
+    A crash part-way through an in-place write left a half manifest or stage record that failed
+    every later run. Locally the bytes go to a temporary name beside the target and are renamed over
+    it (atomic on POSIX); an S3 object only appears when its upload completes.
+    """
     fs, path = _fs(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as stream:
-        stream.write(data)
+    if fs.type_name != "local":
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
+        return
+    temporary = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        with fs.open_output_stream(temporary) as stream:
+            stream.write(data)
+        fs.move(temporary, path)
+    except BaseException:
+        if fs.get_file_info(temporary).type != pafs.FileType.NotFound:
+            fs.delete_file(temporary)
+        raise
+
+
+def remove_tree(uri: str) -> bool:
+    """Delete the folder (or S3 prefix) at ``uri`` and everything in it; False if there was none."""
+    fs, path = _fs(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return False
+    fs.delete_dir(path)
+    return True
 
 
 def read_bytes(uri: str) -> bytes:

@@ -8,7 +8,7 @@ trials (finished ones are cached) under the same parent.
 """
 
 # No `from __future__ import annotations`: Prefect validates flow parameters from the real annotations.
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -16,7 +16,9 @@ from components.experiments.claims import check, claims_markdown
 from components.experiments.compare import TrialResult, log_claims, log_comparison, to_markdown
 from components.experiments.spec import ExperimentSpec, Trial, expand, trial_config
 from components.runtime.stage_cache import StageKey, digest
+from components.secrets import redact
 from flows.stages import evaluate_flow, ingest_flow, stage_cache, train_flow
+from flows.tasks import flow
 
 
 @task(name="trial", cache_policy=NONE)
@@ -61,7 +63,7 @@ def experiment_flow(spec: ExperimentSpec) -> dict:
     trials = expand(spec)
     first = trial_config(spec, trials[0])
     tracking_uri = first.storage.tracking_uri
-    cache, key = stage_cache(first), StageKey("experiment", {"spec": digest(spec.model_dump())})
+    cache, key = stage_cache(first), StageKey("experiment", {"spec": digest(redact(spec.model_dump()))})
     started = cache.started(key) or cache.lookup(key)
     parent = started["parent_run_id"] if started else start_parent_run(first, spec)
     if started:

@@ -4,10 +4,11 @@ gate -> serve. Each stage flow also runs alone (``flows.stages``); finished stag
 # No `from __future__ import annotations` here: Prefect validates flow parameters from the real
 # annotations, and a served run (`align schedule`) cannot resolve string ones.
 from pydantic import BaseModel, Field, model_validator
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
 from components.config import AlignConfig
 from flows.stages import evaluate_flow, ingest_flow, promote_flow, register_flow, train_flow
+from flows.tasks import flow
 
 
 @flow(name="align-lifecycle")

@@ -23,6 +23,16 @@ def deployment_spec(cfg: AlignConfig, recipe: str, overrides: list[str]) -> dict
 
     from flows.lifecycle import RetrainRequest
 
+    from components.secrets import contains_secret, redact_text
+
+    with_credentials = [override for override in overrides if contains_secret(override)]
+    if with_credentials:  # the deployment's parameters are stored as they are: its runs read them back
+        raise ValueError(
+            f"align schedule: {redact_text(' '.join(with_credentials))} would be stored in the deployment's "
+            "parameters in Prefect's database. Put the credential in the recipe file or in the environment "
+            "(PGPASSWORD or ~/.pgpass for PostgreSQL, MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD for an "
+            "MLflow server; README, Security) instead."
+        )
     orchestration = cfg.orchestration
     request = RetrainRequest(recipe=recipe, overrides=overrides)
     return {

@@ -10,16 +10,18 @@ they act on the registry's and the cluster's current state, and both are idempot
 
 # No `from __future__ import annotations` here: Prefect validates flow parameters from the real
 # annotations, and a served run (`align schedule`) cannot resolve string ones.
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
 from components.config import AlignConfig
 from components.runtime import progress
 from components.runtime.stage_cache import StageCache, StageKey, digest, file_digest, run_cached, tree_fingerprint
+from components.secrets import redact_uri
 from flows.tasks import (
     data_report_artifact,
     deploy_task,
     evaluation_artifact,
     evaluate_model_task,
+    flow,
     evaluate_task,
     index_headline,
     index_task,
@@ -60,15 +62,15 @@ def ingest_flow(config: AlignConfig) -> dict:
         stage.headline = (f"{report['rows_in']:,} pairs in, {report['rows_kept']:,} kept, "
                           f"{report['rows_rejected']:,} rejected{_cached(out)}")
     data_report_artifact(out)
-    get_run_logger().info("dataset %s: %d in, %d kept, %d rejected%s", out["dataset_uri"], out["report"]["rows_in"],
-                          out["report"]["rows_kept"], out["report"]["rows_rejected"], _cached(out))
+    get_run_logger().info("dataset %s: %d in, %d kept, %d rejected%s", redact_uri(out["dataset_uri"]),
+                          report["rows_in"], report["rows_kept"], report["rows_rejected"], _cached(out))
     return out
 
 
 def train_key(cfg: AlignConfig, dataset: dict, run_tags: dict[str, str] | None = None) -> StageKey:
     inputs = {
         "model": cfg.section_hash("model"), "train": cfg.section_hash("train"), "seed": str(cfg.seed),
-        "recipe": cfg.name, "experiment": cfg.registry.experiment, "tracking": cfg.storage.tracking_uri,
+        "recipe": cfg.name, "experiment": cfg.registry.experiment, "tracking": redact_uri(cfg.storage.tracking_uri),
         "dataset": dataset["content_hash"],
     }
     if run_tags:  # a trial of an experiment is its own run, not a lifecycle's run with the same config
@@ -209,7 +211,8 @@ def register_flow(config: AlignConfig, trained: dict, dataset: dict, evaluation:
     cfg = config
     report = EvalReport.from_dict(evaluation["report"]) if evaluation else None
     key = StageKey("register", {"run_id": trained["run_id"], "weights": trained["artifact_hash"],
-                                "model_name": cfg.registry.model_name, "tracking": cfg.storage.tracking_uri})
+                                "model_name": cfg.registry.model_name,
+                                "tracking": redact_uri(cfg.storage.tracking_uri)})
     with progress.stage("register") as stage:
         outputs, cached = run_cached(
             stage_cache(cfg), key,

@@ -3,15 +3,43 @@
 Heavy stages run Ray Data / Ray Train *inside* ordinary tasks (ARCHITECTURE.md, decisions), connected to the
 configured Ray cluster. Prefect's own task cache is off: stages are cached by ``flows.stages`` on
 their inputs' hashes (``components.runtime.stage_cache``), in JSON records next to the outputs.
+
+Every flow is declared with :func:`flow` (Prefect's, with redacted parameters): Prefect records each flow
+run's parameters in its database, and a config's store URI may hold a password.
 """
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import Flow, task
 from prefect.cache_policies import NONE
 from prefect.tasks import exponential_backoff
 
 from components.config import AlignConfig
+from components.secrets import redact, redact_text
+
+
+class RedactedParametersFlow(Flow):
+    """A Prefect flow whose run records hold its parameters redacted (``components.secrets.redact``).
+
+    The function still gets the real values: a flow called in this process runs on the objects it was
+    given, and only the copy sent to Prefect's API (``serialize_parameters``) loses its credentials. A
+    deployment's run reads its parameters from the API instead, so a scheduled retrain takes its
+    credentials from the recipe file or the environment (``flows.schedule``; README, Security), never
+    from its recorded parameters.
+    """
+
+    def serialize_parameters(self, parameters):
+        return redact(super().serialize_parameters(parameters))
+
+    def with_options(self, **options):
+        copy = super().with_options(**options)  # Prefect builds a plain Flow; keep the redaction
+        copy.__class__ = type(self)
+        return copy
+
+
+def flow(**options):
+    """``@prefect.flow(**options)``, recording the flow's parameters redacted (:class:`RedactedParametersFlow`)."""
+    return lambda fn: RedactedParametersFlow(fn=fn, **options)
 
 
 def with_retries(stage_task, cfg: AlignConfig):
@@ -193,7 +221,7 @@ def data_report_artifact(dataset: dict) -> None:
              f"{report['rows_in']} pairs in, {report['rows_kept']} kept, {report['rows_rejected']} rejected", "",
              "| rule | rows rejected |", "|---|---|"]
     lines += [f"| `{rule}` | {count} |" for rule, count in sorted(report.get("rejected_by_rule", {}).items())]
-    create_markdown_artifact("\n".join(lines), key="data-report", description="ingest and filter report")
+    create_markdown_artifact(redact_text("\n".join(lines)), key="data-report", description="ingest and filter report")
 
 
 def training_summary_artifact(trained: dict) -> None:
@@ -205,4 +233,4 @@ def training_summary_artifact(trained: dict) -> None:
              f"checkpoint: `{trained['checkpoint']}`", "", "| metric | value |", "|---|---|"]
     lines += [f"| `{name}` | {value:.4g} |" for name, value in sorted(trained["metrics"].items())
               if isinstance(value, (int, float))]
-    create_markdown_artifact("\n".join(lines), key="training-summary", description="training summary")
+    create_markdown_artifact(redact_text("\n".join(lines)), key="training-summary", description="training summary")

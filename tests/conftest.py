@@ -84,6 +84,7 @@ def ray_session(ray_home, s3_server):
     cfg = AlignConfig()
     cfg.storage = resolve_storage(cfg.storage.model_copy(update={"home": str(ray_home)}))
     cfg.ray.num_cpus = 4  # 2 training workers + Ray Data tasks + a serving replica on 2 cores
+    cfg.ray.loopback_only = False  # tests/integration/test_multinode.py joins a second node to this head
     connect(cfg)
     yield ray
     ray.shutdown()

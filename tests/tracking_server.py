@@ -24,6 +24,7 @@ from pathlib import Path
 from components.runtime.ray_cluster import free_port
 
 PG_USER = "postgres"  # system user made by Debian's package, and the database superuser we create
+LOGIN_USER = "align"  # the password-protected role of ``start_postgres(password=...)``
 START_TIMEOUT_S = 60
 
 
@@ -56,8 +57,9 @@ def postgres_bin_dir() -> Path:
 class PostgresServer:
     """A PostgreSQL cluster in a temporary folder, listening on 127.0.0.1 only, trust auth, database ``mlflow``."""
 
-    def __init__(self, bin_dir: Path, root: Path, port: int, as_postgres: bool):
+    def __init__(self, bin_dir: Path, root: Path, port: int, as_postgres: bool, password: str | None = None):
         self.bin_dir, self.root, self.port, self.as_postgres = bin_dir, root, port, as_postgres
+        self.password = password
         self.data = root / "data"
         self.socket_dir = root / "sock"
         self.log = root / "postgres.log"
@@ -65,6 +67,8 @@ class PostgresServer:
         # For SQLAlchemy (MLflow's --backend-store-uri): SQLAlchemy 2.1 maps a bare postgresql:// to
         # psycopg 3, which we do not install; name the psycopg2 driver explicitly.
         self.sqlalchemy_uri = f"postgresql+psycopg2://{PG_USER}@127.0.0.1:{port}/mlflow"
+        # With a password: a login role that owns the database and must give it over TCP (scram-sha-256).
+        self.login_uri = f"postgresql+psycopg2://{LOGIN_USER}:{password}@127.0.0.1:{port}/mlflow" if password else ""
 
     def _run(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
         command = [str(self.bin_dir / args[0]), *args[1:]]
@@ -100,10 +104,32 @@ class PostgresServer:
         self._run("pg_ctl", "start", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "30", timeout=45)
         try:
             self._create_database("mlflow")
+            if self.password:
+                self._require_password()
         except Exception:
             self.stop()
             raise
         return self
+
+    def _require_password(self) -> None:
+        """Role ``LOGIN_USER`` with ``self.password``, owner of ``mlflow``; TCP logins other than the
+        set-up's own superuser need their password from now on."""
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user=PG_USER, dbname="postgres", connect_timeout=5)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cursor:
+                cursor.execute(f'CREATE ROLE "{LOGIN_USER}" LOGIN PASSWORD %s', (self.password,))
+                cursor.execute(f'ALTER DATABASE "mlflow" OWNER TO "{LOGIN_USER}"')
+        finally:
+            conn.close()
+        (self.data / "pg_hba.conf").write_text(
+            "local all all trust\n"
+            f"host all {PG_USER} 127.0.0.1/32 trust\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n"
+        )
+        self._run("pg_ctl", "reload", "-D", str(self.data), timeout=30)
 
     def _create_database(self, name: str) -> None:
         import psycopg2
@@ -155,9 +181,11 @@ class PostgresServer:
         self.stop()
 
 
-def start_postgres(workdir: Path | None = None) -> PostgresServer:
+def start_postgres(workdir: Path | None = None, password: str | None = None) -> PostgresServer:
     """Start a fresh PostgreSQL cluster; ``.uri`` is ``postgresql://postgres@127.0.0.1:<port>/mlflow``
-    (``.sqlalchemy_uri`` the same with ``postgresql+psycopg2://``, for MLflow).
+    (``.sqlalchemy_uri`` the same with ``postgresql+psycopg2://``, for MLflow). With ``password``, the
+    database belongs to the role ``align`` that logs in with it: ``.login_uri`` is
+    ``postgresql+psycopg2://align:<password>@127.0.0.1:<port>/mlflow``.
 
     ``workdir`` is accepted for symmetry with the other helpers but not used for the cluster: pytest's
     temporary folders may be mode 0700 under root, which the ``postgres`` user cannot enter, so the
@@ -186,7 +214,7 @@ def start_postgres(workdir: Path | None = None) -> PostgresServer:
                 os.chown(path, account.pw_uid, account.pw_gid)
         else:
             (root / "sock").mkdir()
-        server = PostgresServer(bin_dir, root, free_port(), as_postgres)
+        server = PostgresServer(bin_dir, root, free_port(), as_postgres, password)
         return server.start()
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import re
+import unicodedata
 import warnings
 
 import numpy as np
@@ -20,13 +22,37 @@ from components.data import schema
 Verdict = tuple[str, str] | None
 
 
+# Invisible characters that only hide text from the eye: stripped (BERT's tokenizer drops them too).
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+# Control characters (tab, newline, CR aside: whitespace), DEL and C1, and the bidi embeddings,
+# overrides and isolates that make text display other than it reads ("Trojan Source").
+_UNSAFE_CHARACTER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def normalise_caption(text: str) -> tuple[str, Verdict]:
+    """Zero-width characters stripped, NFC; a control or bidi-control character rejects the caption."""
+    text = unicodedata.normalize("NFC", text.translate(_ZERO_WIDTH))
+    found = _UNSAFE_CHARACTER.search(text)  # before strip(), which would drop some controls (\x1c-\x1f)
+    text = text.strip()
+    if found:
+        char = found.group()
+        name = unicodedata.name(char, "a control character")
+        return text, (
+            schema.RULE_CAPTION_UNSAFE_CHARACTERS,
+            f"caption holds U+{ord(char):04X} ({name}) at character {found.start()}; refused",
+        )
+    return text, None
+
+
 def decode_caption(raw: bytes) -> tuple[str, Verdict]:
-    """UTF-8 (BOM tolerated) caption text; undecodable bytes are kept readable for the rejects table."""
+    """UTF-8 (BOM tolerated) caption text, normalised by ``normalise_caption``; undecodable bytes are kept
+    readable for the rejects table."""
     try:
-        return raw.decode("utf-8-sig").strip(), None
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         shown = raw.decode("utf-8", errors="replace").strip()
         return shown, (schema.RULE_CAPTION_NOT_UTF8, f"caption is not UTF-8: {err.reason} at byte {err.start}")
+    return normalise_caption(text)
 
 
 def decode_image(data: bytes, max_pixels: int, min_short_side: int = 0) -> tuple[Image.Image | None, Verdict]:
@@ -56,11 +82,13 @@ def decode_image(data: bytes, max_pixels: int, min_short_side: int = 0) -> tuple
             image.load()
             # EXIF orientations 5-8 swap the sides; the size rules see the image as displayed.
             swapped = image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
-        ImageOps.exif_transpose(image, in_place=True)  # in place: the default returns a full copy (~6% of decode)
-        image = to_rgb(image)
+            ImageOps.exif_transpose(image, in_place=True)  # in place: the default copies (~6% of decode)
+            image = to_rgb(image)
         image.info["original_size"] = (height, width) if swapped else (width, height)
         return image, None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as err:
+    # Pillow's plugins raise more than OSError on hostile bytes (struct.error, IndexError, TypeError in
+    # EXIF handling ...): whatever one file raises, that file is what cannot be decoded.
+    except Exception as err:  # noqa: BLE001 - per record, with the exception named in the detail
         return None, (schema.RULE_IMAGE_UNDECODABLE, f"{type(err).__name__}: {err}"[:300])
 
 

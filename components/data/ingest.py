@@ -18,7 +18,7 @@ from components.data import schema
 from components.data.decode import decode_image, dhash
 from components.data.pipeline import run_filter
 from components.runtime.metrics import record_filter_report
-from components.storage import exists, join_uri, read_json
+from components.storage import exists, join_uri, read_json, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,10 @@ def ingest(cfg: AlignConfig, corpus: CorpusPaths | None = None) -> IngestResult:
         manifest = read_json(manifest_uri)
         report = read_json(join_uri(dataset_uri, schema.REPORT_FILE))
         return IngestResult(dataset_uri, manifest["kept_uri"], report, manifest, cached=True)
-    if exists(dataset_uri):
-        raise FileExistsError(f"{dataset_uri} holds an incomplete dataset (no manifest); remove it and rerun")
+    # The manifest is written last: a folder without one is an interrupted attempt's. Its shards must not
+    # join this attempt's (Ray Data adds files beside what is there), so the rerun starts clean.
+    if remove_tree(dataset_uri):
+        log.warning("removed the incomplete dataset an interrupted ingest left at %s", dataset_uri)
     hashes = eval_image_hashes(corpus.retrieval_json, cfg.eval.retrieval_split)
     result = run_filter(
         corpus.sources, dataset_uri, cfg.filter, eval_hashes=hashes, config_hash=cfg.section_hash("filter")

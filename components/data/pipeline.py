@@ -229,7 +229,7 @@ def _run_filter(
     total = expected_rows(sources) if progress.live() else None  # a second listing, only for a bar's ETA
     with timings("decode"), progress.worker_task("decode", total=total, unit="pairs") as reporter:
         log.info("pass 1: reading %d source(s), decoding and applying per-record rules", len(sources))
-        decoded = _decode(read_sources(sources), cfg, hashes, cpus, reporter).materialize()
+        decoded = _decode(read_sources(sources, cfg), cfg, hashes, cpus, reporter).materialize()
         rows_in = decoded.count()
     with timings("statistics"):
         log.info("pass 2: dataset-wide statistics over %d rows", rows_in)

@@ -22,8 +22,17 @@ RULE_MISSING_IMAGE = "missing_image"
 RULE_MISSING_CAPTION = "missing_caption"
 RULE_UNREADABLE = "unreadable_file"
 RULE_OUTSIDE_ROOT = "image_outside_corpus"  # a path or src that escapes the corpus root, or a URL
-RULE_UNSAFE_FILE = "unsafe_file"  # e.g. XML with entity declarations (billion laughs)
+RULE_UNSAFE_FILE = "unsafe_file"  # e.g. XML with entity declarations (billion laughs), a directory link
+# An SVG whose drawing would exceed the per-record budget (elements after <use> expansion, render time).
+RULE_RENDER_OVER_BUDGET = "render_over_budget"
+# An exception one record raised that no rule names: type and message in the detail. Rejecting the
+# record keeps the ingest going; the rule of its own keeps a reader bug visible in report.json.
+RULE_READER_ERROR = "reader_error"
 RULE_CAPTION_NOT_UTF8 = "caption_not_utf8"
+# NUL and other control characters (tab, newline and carriage return aside), or bidi embeddings,
+# overrides and isolates (U+202A-U+202E, U+2066-U+2069), which can make a caption display as
+# something other than what it says. Zero-width characters are stripped instead (decode.decode_caption).
+RULE_CAPTION_UNSAFE_CHARACTERS = "caption_unsafe_characters"
 RULE_IMAGE_UNDECODABLE = "image_undecodable"
 RULE_IMAGE_TOO_LARGE = "image_too_many_pixels"
 RULE_NSFW = "nsfw"
@@ -44,7 +53,10 @@ ALL_RULES = [
     RULE_UNREADABLE,
     RULE_OUTSIDE_ROOT,
     RULE_UNSAFE_FILE,
+    RULE_RENDER_OVER_BUDGET,
+    RULE_READER_ERROR,
     RULE_CAPTION_NOT_UTF8,
+    RULE_CAPTION_UNSAFE_CHARACTERS,
     RULE_IMAGE_UNDECODABLE,
     RULE_IMAGE_TOO_LARGE,
     RULE_IMAGE_TOO_SMALL,

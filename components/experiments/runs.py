@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from components.config import AlignConfig
 from components.experiments.spec import ExperimentSpec, expand
+from components.secrets import redact
 
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI folds children under the parent
 EXPERIMENT_TAG = "align.experiment"
@@ -22,8 +23,8 @@ def start_parent_run(cfg: AlignConfig, spec: ExperimentSpec) -> str:
                             tags={EXPERIMENT_TAG: spec.name, "align.kind": "experiment",
                                   "mlflow.note.content": spec.description})
     trials = expand(spec)
-    client.log_dict(run.info.run_id, spec.model_dump(), "experiment/spec.json")
-    client.log_dict(run.info.run_id, {t.name: t.overrides for t in trials}, "experiment/trials.json")
+    client.log_dict(run.info.run_id, redact(spec.model_dump()), "experiment/spec.json")
+    client.log_dict(run.info.run_id, redact({t.name: t.overrides for t in trials}), "experiment/trials.json")
     client.log_param(run.info.run_id, "trials", len(trials))
     client.log_param(run.info.run_id, "recipe", spec.recipe)
     return run.info.run_id

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from components.config import ModelConfig
 from components.model.align import AlignModel
-from components.model.preprocess import build_pipeline, to_batch
+from components.model.preprocess import build_pipeline, normalize, to_uint8_batch
 from components.model.tokenizer import load_tokenizer, save_tokenizer
 
 WEIGHTS_FILE = "model.safetensors"
@@ -99,7 +99,8 @@ class AlignEncoder:
         out = [np.zeros((0, self.embed_dim), np.float32)]
         for start in range(0, len(images), self.batch_size):
             chunk = [self.preprocess(image) for image in images[start : start + self.batch_size]]
-            batch = to_batch(chunk, self.mean, self.std, self.model.cfg.channels_last).to(self.device)
+            # uint8 crosses to the device, which normalises it: a quarter of the bytes of a float batch.
+            batch = normalize(to_uint8_batch(chunk).to(self.device), self.mean, self.std, self.model.cfg.channels_last)
             out.append(self.model.encode_image(batch).float().cpu().numpy())
         return np.concatenate(out)
 

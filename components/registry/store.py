@@ -13,6 +13,7 @@ from pathlib import Path
 
 from components.config import PROJECT_ROOT
 from components.registry.pyfunc import ARTIFACT_KEY
+from components.secrets import redact_uri
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -130,7 +131,7 @@ def resolve_version(tracking_uri: str, model_uri: str) -> tuple[str, str]:
         name, _, version = path.partition("/")
         return name, str(client.get_model_version(name, version).version)
     except MlflowException as exc:
-        raise LookupError(f"{model_uri} is not in the registry at {tracking_uri}: {exc.message}") from exc
+        raise LookupError(f"{model_uri} is not in the registry at {redact_uri(tracking_uri)}: {exc.message}") from exc
 
 
 def download_model(tracking_uri: str, model_uri: str, dst: str | None = None) -> tuple[str, str]:

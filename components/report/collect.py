@@ -230,13 +230,3 @@ def collect_experiment(tracking_uri: str, parent_run_id: str) -> ExperimentSumma
     return summary
 
 
-def redact_uri(uri: str) -> str:
-    """``uri`` without a password (``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``),
-    so a report or a console line never shows one."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))

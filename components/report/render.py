@@ -22,8 +22,9 @@ from components.report.collect import (
     RunSelection,
     collect_experiment,
     collect_runs,
-    redact_uri,
 )
+from components.secrets import redact_uri
+from components.storage import write_bytes
 
 # Shown for every run even when equal across runs; any other param is shown only where runs differ.
 KEY_PARAMS = (
@@ -248,7 +249,6 @@ def write_report(tracking_uri: str, experiment: str, selection: RunSelection, ou
     runs = collect_runs(tracking_uri, experiment, selection)
     summary = collect_experiment(tracking_uri, selection.parent_run_id) if selection.parent_run_id else None
     html = render_html(runs, experiment, selection, tracking_uri, int(time.time() * 1000), summary)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html, encoding="utf-8")
+    path = Path(out).resolve()
+    write_bytes(str(path), html.encode("utf-8"))  # whole or not at all: a browser open on it never sees half
     return path

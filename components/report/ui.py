@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from components.config import AlignConfig, StorageConfig
-from components.report.collect import redact_uri
 from components.runtime.local_server import listening, start_server, stop_server
+from components.secrets import redact_uri
 
 HOST = "127.0.0.1"
 RAY_DASHBOARD_PORT = 8265  # Ray's default; the local head is started without another (runtime/ray_cluster.py)

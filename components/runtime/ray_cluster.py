@@ -20,10 +20,12 @@ from pathlib import Path
 
 from components.config import AlignConfig
 from components.runtime.ray_token import local_head_token_env, user_token_source
+from components.storage import write_bytes
 
 log = logging.getLogger(__name__)
 HEAD_STATE = "head.json"
 LISTEN_TIMEOUT_S = 60  # after `ray start` returns, how long its GCS may take to accept connections
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray keeps 127.0.0.1 (see use_loopback_node_ip)
 
 
 def _state_dir(home: str) -> Path:
@@ -59,7 +61,7 @@ def read_head_state(home: str) -> dict | None:
 def _write_head_state(home: str, state: dict) -> None:
     directory = _state_dir(home)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / HEAD_STATE).write_text(json.dumps(state))
+    write_bytes(str(directory / HEAD_STATE), json.dumps(state).encode())  # never half-written: every command reads it
 
 
 def ensure_local_head(cfg: AlignConfig) -> str:
@@ -94,8 +96,11 @@ def ensure_local_head(cfg: AlignConfig) -> str:
     # The caller's environment wins over the config's defaults; the token is the user's or the state folder's.
     env = dict(cfg.ray.env) | _auth_env() | token_env
     env.pop("RAY_ADDRESS", None)  # a new head: not the cluster this process may already be connected to
+    if cfg.ray.loopback_only:
+        env[LOOPBACK_ENV] = "0"
     address = f"127.0.0.1:{port}"
-    state = {"address": address, "num_cpus": num_cpus, "token_source": user_token_source() or "state"}
+    state = {"address": address, "num_cpus": num_cpus, "token_source": user_token_source() or "state",
+             "loopback_only": cfg.ray.loopback_only}
     _write_head_state(home, state)
     # Its own session: the daemons `ray start` leaves behind keep its session id, which finds them all.
     launcher = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -132,9 +137,12 @@ def connect(cfg: AlignConfig) -> str:
         return ray.get_runtime_context().gcs_address
     if cfg.ray.address == "local":
         address = ensure_local_head(cfg)
-        # This process and every process it starts (Ray Train's helpers, a second node) use the head's token.
-        recorded = (read_head_state(cfg.storage.home) or {}).get("token_source", "")
-        os.environ.update(local_head_token_env(_state_dir(cfg.storage.home), recorded))
+        # This process and every process it starts (Ray Train's helpers, a second node) use the head's token,
+        # and find the head the way it was started (on loopback or on the routable address).
+        state = read_head_state(cfg.storage.home) or {}
+        os.environ.update(local_head_token_env(_state_dir(cfg.storage.home), state.get("token_source", "")))
+        if state.get("loopback_only", False):
+            use_loopback_node_ip()
     else:
         address = cfg.ray.address
     # Worker output reaches this process (the CLI puts it in the run's log; `-v` shows it): rank 0 prints each step.
@@ -144,6 +152,42 @@ def connect(cfg: AlignConfig) -> str:
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     quiet_ray_data()
     return address
+
+
+def use_loopback_node_ip() -> None:
+    """Make this process's Ray keep 127.0.0.1 as its node address, as the loopback-only head does.
+
+    Ray rewrites ``--node-ip-address=127.0.0.1`` (and a 127.0.0.1 GCS address) to the machine's routable
+    address, and its servers then listen on every interface. The one switch that keeps loopback is the
+    one Ray uses for single-machine clusters on macOS and Windows (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``):
+    the head gets it in its environment, so its daemons and workers have it; a driver needs it too, or
+    it would look for the head on the routable address. Ray reads it once, at import, into a module flag
+    that it consults at call time; if Ray was imported before this runs, the flag is set here as well.
+    """
+    os.environ[LOOPBACK_ENV] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+
+
+def listening_sockets(processes) -> list[tuple[str, int, str]]:
+    """(address, port, process name) of every TCP socket these ``psutil`` processes listen on.
+
+    What the Security section of the README promises is checked against this: the embedded default
+    exposes nothing beyond 127.0.0.1.
+    """
+    import psutil
+
+    found = []
+    for process in processes:
+        try:
+            name = process.name()
+            for conn in process.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.append((conn.laddr.ip, conn.laddr.port, name))
+        except psutil.Error:  # exited meanwhile, or not ours to inspect
+            continue
+    return sorted(set(found))
 
 
 def quiet_ray_data() -> None:

@@ -8,6 +8,10 @@ input changes the keys of the stages that depend on it, and only those run again
 Records are small JSON files under ``<home>/stage-cache/<stage>/<digest>.json`` (a local folder or
 S3, like every other state), readable with any JSON tool: nothing is unpickled. A stage may also
 record that it *started* (the training run it opened), so a re-run after a crash resumes that run.
+
+Neither a key nor a record holds a credential: inputs and outputs are redacted (``components.secrets``),
+so a store URI's password is neither written into a record nor part of a key, and rotating it keeps
+every cache valid. Redaction leaves a URI without secrets as it is, so such keys are unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from components.secrets import redact
 from components.storage import exists, join_uri, list_names, read_bytes, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,9 @@ class StageKey:
     stage: str
     inputs: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", redact(dict(self.inputs)))  # no password in a key, nor in its digest
+
     @property
     def digest(self) -> str:
         return digest({"stage": self.stage, "inputs": self.inputs})
@@ -102,7 +110,7 @@ class StageCache:
 
     def _write(self, key: StageKey, status: str, outputs: dict) -> None:
         if self.enabled:
-            record = {"stage": key.stage, "inputs": key.inputs, "status": status, "outputs": outputs,
+            record = {"stage": key.stage, "inputs": key.inputs, "status": status, "outputs": redact(outputs),
                       "written_at": time.time()}
             write_json(self._uri(key), record)
 

@@ -3,6 +3,9 @@
 MLflow >= 3.13 refuses the file store, so the default is ``sqlite:////abs/path/mlflow.db``. With a
 SQLite backend MLflow would put artifacts in ``./mlruns`` of whatever directory you ran from, so the
 experiment is created with an explicit artifact location instead.
+
+What is logged never holds a credential: ``config.json``, the params and the dataset records go through
+:func:`components.secrets.redact` (a store URI's password reads ``***``).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.config import StorageConfig
+from components.secrets import redact, redact_text, redact_uri
 
 
 def prepare_tracking(storage: StorageConfig) -> None:
@@ -48,7 +52,7 @@ def _flatten(prefix: str, value, out: dict[str, str]) -> None:
         for key, child in value.items():
             _flatten(f"{prefix}.{key}" if prefix else str(key), child, out)
     else:
-        out[prefix] = str(value)[:500]  # MLflow caps parameter values
+        out[prefix] = redact_text(str(value))[:500]  # MLflow caps parameter values; redacted before the cut
 
 
 def start_lifecycle_run(cfg, tags: dict[str, str], run_name: str | None = None) -> str:
@@ -65,7 +69,7 @@ def start_lifecycle_run(cfg, tags: dict[str, str], run_name: str | None = None) 
     items = [Param(k, v) for k, v in sorted(params.items())]
     for start in range(0, len(items), 100):  # log_batch takes at most 100 params per call
         client.log_batch(run.info.run_id, params=items[start : start + 100])
-    client.log_dict(run.info.run_id, cfg.model_dump(), "config.json")
+    client.log_dict(run.info.run_id, redact(cfg.model_dump()), "config.json")
     return run.info.run_id
 
 
@@ -90,7 +94,7 @@ def log_dataset(tracking_uri: str, run_id: str, dataset_uri: str, manifest: dict
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # MLflow warns that several source types match
-        source = resolve_dataset_source(manifest["kept_uri"])
+        source = resolve_dataset_source(redact_uri(manifest["kept_uri"]))
     dataset = MetaDataset(source=source, name=dataset_uri.rstrip("/").rsplit("/", 1)[-1], digest=manifest["content_hash"][:36])
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
@@ -98,8 +102,8 @@ def log_dataset(tracking_uri: str, run_id: str, dataset_uri: str, manifest: dict
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     # Through the client, not `with mlflow.start_run(...)`, whose exit would end the run before it trains.
     client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
-    client.log_dict(run_id, report, "dataset/report.json")
-    client.log_dict(run_id, manifest, "dataset/manifest.json")
+    client.log_dict(run_id, redact(report), "dataset/report.json")
+    client.log_dict(run_id, redact(manifest), "dataset/manifest.json")
 
 
 def latest_run_id(storage: StorageConfig, experiment: str, metric: str | None = None) -> str:

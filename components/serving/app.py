@@ -27,6 +27,7 @@ from typing import Any
 from components.config import RegistryConfig, ServeConfig
 from components.serving.images import decode_base64, open_image
 from components.serving.metrics import ServingMetrics
+from components.serving.schemas import DEFAULT_TEMPLATES, fill_template
 from components.serving.searcher import (
     DEFAULT_CHAMPION_RESOLVER,
     DEFAULT_DOWNLOADER,
@@ -45,7 +46,6 @@ DEPLOYMENT_NAME = "AlignSearch"
 MAX_CONSTRUCTOR_RETRIES = 3  # a replica whose constructor keeps failing fails the deploy fast
 USER_CONFIG_KEYS = frozenset({"model_version"})
 IMAGE_TEXT_WEIGHT = 2.0  # ALIGN §7: a query text added to an image query counts twice
-DEFAULT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image showing a {}.")
 
 
 def limit_threads(cpus: float) -> int:
@@ -285,7 +285,7 @@ class ServingDeployment:
 
         model = self._model
         templates = list(templates or DEFAULT_TEMPLATES)
-        prompts = [template.format(label) for label in labels for template in templates]
+        prompts = [fill_template(template, label) for label in labels for template in templates]
         prompt_emb = np.asarray(await self._texts(model, prompts)).reshape(len(labels), len(templates), -1)
         from components.model.query import unit
 

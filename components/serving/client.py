@@ -1,15 +1,19 @@
 """A small HTTP client for the search service (used by ``align search`` and by ``deploy``).
 
-Free of Ray so the CLI can query a running service without importing it.
+Free of Ray so the CLI can query a running service without importing it. With ``serve.api_key_env``
+set, ``/v1/*`` calls send the key from that environment variable in the header the server checks.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+
+API_KEY_HEADER = "x-api-key"
 
 
 class SearchError(RuntimeError):
@@ -18,6 +22,22 @@ class SearchError(RuntimeError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+def api_key_from_env(env_name: str) -> str:
+    """The API key named by ``serve.api_key_env`` ("" when none is configured); a named but unset
+    variable is an error, so neither the server nor a client runs without the key it was told to use."""
+    if not env_name:
+        return ""
+    key = os.environ.get(env_name, "")
+    if not key:
+        raise RuntimeError(f"serve.api_key_env names {env_name!r}, but that environment variable is not set")
+    return key
+
+
+def auth_headers(api_key_env: str) -> dict[str, str]:
+    key = api_key_from_env(api_key_env)
+    return {API_KEY_HEADER: key} if key else {}
 
 
 def _is_loopback(url: str) -> bool:
@@ -47,13 +67,27 @@ def _error_message(response: httpx.Response) -> str:
     return f"{response.request.method} {response.request.url} -> {response.status_code}: {detail}"
 
 
-def search(url: str, text: str, k: int = 5, *, timeout_s: float = 30.0) -> dict[str, Any]:
-    """Top-k corpus images for ``text``: ``{"results": [...], "model_name", "model_version"}``."""
+def _call(method: str, url: str, path: str, timeout_s: float, api_key_env: str, **kwargs: Any) -> dict[str, Any]:
+    headers = auth_headers(api_key_env)  # before any request: a missing key is named, not a 401
     with _client(url, timeout_s) as client:
-        response = client.post(f"{url.rstrip('/')}/v1/search", json={"text": text, "k": k})
+        response = client.request(method, f"{url.rstrip('/')}{path}", headers=headers, **kwargs)
     if response.status_code != 200:
-        raise SearchError(response.status_code, _error_message(response))
+        message = _error_message(response)
+        if response.status_code == 401:
+            message += (f" (sent the key from ${api_key_env})" if api_key_env
+                        else " (the service wants an API key: set serve.api_key_env to the variable holding it)")
+        raise SearchError(response.status_code, message)
     return response.json()
+
+
+def search(url: str, text: str, k: int = 5, *, timeout_s: float = 30.0, api_key_env: str = "") -> dict[str, Any]:
+    """Top-k corpus images for ``text``: ``{"results": [...], "model_name", "model_version"}``."""
+    return _call("POST", url, "/v1/search", timeout_s, api_key_env, json={"text": text, "k": k})
+
+
+def model_info(url: str, *, timeout_s: float = 5.0, api_key_env: str = "") -> dict[str, Any]:
+    """``GET /v1/model``: the serving version, whether it is pinned, the last swap error."""
+    return _call("GET", url, "/v1/model", timeout_s, api_key_env)
 
 
 def health(url: str, *, timeout_s: float = 5.0) -> dict[str, Any]:

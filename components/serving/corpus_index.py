@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -29,7 +30,9 @@ import pyarrow.parquet as pq
 
 from components.config import IndexConfig
 from components.runtime import progress
-from components.storage import exists, join_uri, list_names, read_bytes, read_json, write_bytes, write_json
+from components.storage import exists, join_uri, list_names, read_bytes, read_json, remove_tree, write_bytes, write_json
+
+log = logging.getLogger(__name__)
 
 ITEMS_DIR = "items"
 INDEX_FILE = "index.faiss"
@@ -55,15 +58,17 @@ class IndexManifest:
 class _ImageEmbedder:
     """Ray Data actor: one encoder per actor, loaded once, embedding a batch of encoded images."""
 
-    def __init__(self, tracking_uri: str, model_name: str, model_version: str, batch_size: int, progress=None):
+    def __init__(self, tracking_uri: str, model_name: str, model_version: str, batch_size: int, device: str = "cpu",
+                 progress=None):
         # Each actor fetches the model from the registry itself, so actors on other nodes need no
-        # file shared with the driver. ``progress`` (a ``WorkerProgress``) counts embedded rows.
+        # file shared with the driver. ``progress`` (a ``WorkerProgress``) counts embedded rows. ``device``
+        # is what Ray granted this actor (``embedder_placement``), never a GPU it did not ask for.
         from components.model.artifact import load_encoder
         from components.registry.store import download_model
 
         self._tmp = tempfile.TemporaryDirectory(prefix="align-embed-")
         _, artifact_dir = download_model(tracking_uri, f"models:/{model_name}/{model_version}", dst=self._tmp.name)
-        self.encoder = load_encoder(artifact_dir, batch_size=batch_size, device="auto")
+        self.encoder = load_encoder(artifact_dir, batch_size=batch_size, device=device)
         self.progress = progress
 
     def __call__(self, batch: dict) -> pa.Table:
@@ -94,6 +99,19 @@ class _ImageEmbedder:
                 "error": pa.array(errors),
             }
         )
+
+
+def embedder_placement(cluster_resources: dict, concurrency: int) -> tuple[dict, int, str]:
+    """Ray resources, most actors and device for the embedding actors: one GPU each when the cluster
+    has GPUs, else the CPU.
+
+    Why: an actor that asks Ray for no GPU but picks ``cuda`` itself lands on GPU 0 of its node outside
+    Ray's accounting, beside whatever Ray placed there (a training worker, another embedder).
+    """
+    gpus = int(cluster_resources.get("GPU", 0))
+    if gpus > 0:
+        return {"num_cpus": 1, "num_gpus": 1}, min(max(1, concurrency), gpus), "cuda"
+    return {"num_cpus": 1}, max(1, concurrency), "cpu"
 
 
 def index_uri(indexes_uri: str, model_name: str, model_version: str, source_uri: str) -> str:
@@ -131,17 +149,22 @@ def build_corpus_index(
     uri = index_uri(indexes_uri, model_name, model_version, source_uri)
     if exists(join_uri(uri, MANIFEST_FILE)):
         return uri, load_manifest(uri)  # built before by this version from this corpus
+    # The manifest is written last: without it, whatever is there is an interrupted build's, and Ray
+    # Data would add the new item files beside its leftovers (duplicate ids, rows of another attempt).
+    if remove_tree(uri):
+        log.warning("removed the leftovers of an interrupted index build at %s", uri)
     dataset = ray.data.read_parquet(source_uri, columns=["key", "text", "image"])
     total = dataset.count() if progress.live() else None  # Parquet footers: no image is read for it
+    resources, actors, device = embedder_placement(ray.cluster_resources(), cfg.embed_concurrency)
     with progress.worker_task("embed", total=total, unit="images") as reporter:
         embedded = dataset.map_batches(
             _ImageEmbedder,
             fn_constructor_kwargs={"tracking_uri": tracking_uri, "model_name": model_name,
                                    "model_version": str(model_version), "batch_size": cfg.batch_size,
-                                   "progress": reporter},
+                                   "device": device, "progress": reporter},
             batch_size=cfg.batch_size,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cfg.embed_concurrency)),
-            num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+            **resources,
         )
         embedded.write_parquet(join_uri(uri, ITEMS_DIR), row_group_size=cfg.rows_per_group)
     return uri, index_written_items(cfg, uri, model_name, model_version, source_uri, started)

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from components.config import RegistryConfig, ServeConfig
-from components.serving.client import SearchError, health
+from components.serving.client import SearchError, auth_headers, health, model_info
 from components.serving.searcher import Loader
 
 _POLL_S = 0.5
@@ -166,17 +166,24 @@ def ensure_serving(
     """Make serving answer with ``expect_version`` (the champion), restarting nothing that runs.
 
     A running app that follows the champion picks the new version up by itself (within
-    ``serve.follow_champion_s``), in place; only a missing, failed or pinned app is (re)deployed.
+    ``serve.follow_champion_s``), in place; only a missing, failed or pinned app is (re)deployed. The
+    ``/v1/model`` probe sends the API key (``serve.api_key_env``): a missing key or one the running app
+    refuses is an error here, not a reason to redeploy on every run.
     """
     _require_ray()
+    auth_headers(serve_cfg.api_key_env)  # raises, naming the variable, when the key is not in the environment
     status, _ = _app_status(serve_cfg.app_name)
     url = endpoint_url(serve_cfg)
     if status == "RUNNING" and serve_cfg.follow_champion_s > 0:
         try:
-            if not httpx.get(f"{url}/v1/model", timeout=5, trust_env=False).json().get("pinned", True):
+            if not model_info(url, api_key_env=serve_cfg.api_key_env).get("pinned", True):
                 wait_until_ready(url, timeout_s=serve_cfg.ready_timeout_s, expected_version=expect_version,
                                  replicas=replica_count(serve_cfg))
                 return url
+        except SearchError as exc:
+            if exc.status == 401 and serve_cfg.api_key_env:
+                raise PermissionError(f"the running app {serve_cfg.app_name!r} refused the API key: {exc}") from None
+            # otherwise not answering like a following app (or deployed with a key this config dropped): redeploy
         except (httpx.HTTPError, ValueError):
             pass  # not answering like a following app: redeploy below
     return deploy(serve_cfg, registry_cfg, tracking_uri, expect_version=expect_version, loaders=loaders)

@@ -6,10 +6,10 @@ probes need no key. Every refusal is a 4xx with ``{"detail": ...}`` naming the p
 
 # No `from __future__ import annotations`: FastAPI must see the per-app request model objects.
 import hmac
-import os
 import time
 from typing import Any
 
+from components.serving.client import API_KEY_HEADER, api_key_from_env
 from components.serving.images import ImageRejected
 from components.serving.metrics import CONTENT_TYPE
 from components.serving.schemas import (
@@ -20,8 +20,6 @@ from components.serving.schemas import (
     SearchResponse,
     request_models,
 )
-
-API_KEY_HEADER = "x-api-key"
 
 
 class _BodyTooLarge(Exception):
@@ -91,22 +89,13 @@ async def _json(send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def api_key_from_env(env_name: str) -> str:
-    """The API key named by ``serve.api_key_env``; a configured but unset variable is an error."""
-    if not env_name:
-        return ""
-    key = os.environ.get(env_name, "")
-    if not key:
-        raise RuntimeError(f"serve.api_key_env names {env_name!r}, but that environment variable is not set")
-    return key
-
-
 def http_api(service: Any) -> Any:
     """FastAPI routes over a replica (``components.serving.app.ServingDeployment`` or a test double)."""
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.encoders import jsonable_encoder
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
+    from pydantic import ValidationError
 
     cfg = service.cfg
     models = request_models(cfg)
@@ -156,9 +145,16 @@ def http_api(service: Any) -> Any:
     async def embed_upload(request: Request) -> dict:
         """Multipart form: repeated ``texts`` fields and ``images`` file parts."""
         form = await request.form(max_files=cfg.max_items_per_request, max_fields=cfg.max_items_per_request)
-        texts = [str(t) for t in form.getlist("texts")]
-        files = [await f.read() for f in form.getlist("images") if hasattr(f, "read")]
-        body = models.embed.model_validate({"texts": texts or None, "images": ["x"] * len(files) or None})
+        texts, images = form.getlist("texts"), form.getlist("images")
+        if any(not isinstance(t, str) for t in texts):
+            raise HTTPException(422, "texts must be plain form fields, not file parts")
+        if any(isinstance(f, str) for f in images):
+            raise HTTPException(422, "images must be file parts, not plain form fields")
+        files = [await f.read() for f in images]
+        try:  # the JSON route's limits and checks, applied to the form's texts
+            body = models.embed.model_validate({"texts": texts or None, "images": ["x"] * len(files) or None})
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
         if not body.texts and not files:
             raise HTTPException(422, "give texts and/or images")
         return await service.embed(body.texts or [], service.decode_raw_images(files, "images"))
@@ -175,9 +171,6 @@ def http_api(service: Any) -> Any:
     async def classify(body: models.classify) -> dict:  # type: ignore[valid-type]
         if len(set(body.labels)) != len(body.labels):
             raise HTTPException(422, "labels must be distinct")
-        for template in body.templates or []:
-            if template.count("{}") != 1:
-                raise HTTPException(422, f"template {template!r} needs exactly one '{{}}' slot")
         images = service.decode_base64_images(body.images, "images")
         return await service.classify(images, body.labels, body.templates)
 

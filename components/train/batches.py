@@ -1,17 +1,20 @@
 """Model inputs from the stored pairs (JPEG bytes + text), inside each train worker, in a resumable order.
 
-Decoding and augmentation run in the worker that consumes the batch (ahead of the step, in
-``train.decode_threads`` helper threads, when set), so the data path scales with the number of workers
-and its cost shows up in the logged data-wait time. The order of batches is a pure
+Decoding, augmentation and tokenisation run in the worker that consumes the batch (ahead of the step,
+in ``train.decode_threads`` helper threads, when set), so the data path scales with the number of
+workers and its cost shows up in the logged data-wait time; ``to_device_ahead`` copies the next batch
+to the accelerator while the current step runs. The order of batches is a pure
 function of (seed, rank, epoch), so a resumed run continues with exactly the batches the interrupted
 one would have seen next.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import random
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,7 +26,7 @@ from PIL import Image
 
 from components.config import AlignConfig, ModelConfig
 from components.model.artifact import tokenize
-from components.model.preprocess import build_pipeline, to_batch
+from components.model.preprocess import build_pipeline, to_uint8_batch
 from components.train.checkpointing import Position
 
 T = TypeVar("T")
@@ -31,29 +34,39 @@ R = TypeVar("R")
 
 
 class BatchBuilder:
-    """Decode, augment and tokenize one batch; its crops and flips depend only on the seed it is given.
+    """Decode, augment and tokenize one batch into what crosses to the device; crops and flips depend
+    only on the seed it is given.
 
-    Images and texts are built separately so images can be decoded in helper threads (``prefetch``)
-    while the tokenizer, which must not be shared between threads, stays in the training thread.
+    Images leave as uint8 NHWC (a quarter of the bytes of a float batch; ``normalize`` converts them on
+    the device) and, for a GPU, in pinned memory so the copy can run asynchronously. Safe to call from
+    the ``prefetch`` threads: each thread tokenizes with its own copy of the tokenizer, because a
+    Hugging Face fast tokenizer shared between threads fails ("Already borrowed").
     """
 
-    def __init__(self, cfg: ModelConfig, tokenizer, mean, std):
+    def __init__(self, cfg: ModelConfig, tokenizer, pin_memory: bool = False):
         self.cfg = cfg
-        self.tokenizer = tokenizer
-        self.mean, self.std = mean, std
+        self.pin_memory = pin_memory
+        self._tokenizer = tokenizer
+        self._local = threading.local()
 
     def images(self, batch: dict, seed: int) -> torch.Tensor:
         # A generator of its own per batch: safe from any thread, and the same crops wherever it runs.
         augment = build_pipeline(self.cfg.train_preprocess, rng=random.Random(seed))
-        images = [augment(Image.open(io.BytesIO(data))) for data in batch["image"]]
-        return to_batch(images, self.mean, self.std, self.cfg.channels_last)
+        return to_uint8_batch([augment(Image.open(io.BytesIO(data))) for data in batch["image"]])
 
     def texts(self, batch: dict) -> dict[str, torch.Tensor]:
-        tokens = tokenize(self.tokenizer, [str(t) for t in batch["text"]], self.cfg)
+        tokens = tokenize(self._thread_tokenizer(), [str(t) for t in batch["text"]], self.cfg)
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
 
     def __call__(self, batch: dict, seed: int) -> dict[str, torch.Tensor]:
-        return {"images": self.images(batch, seed)} | self.texts(batch)
+        built = {"images": self.images(batch, seed)} | self.texts(batch)
+        return {k: v.pin_memory() for k, v in built.items()} if self.pin_memory else built
+
+    def _thread_tokenizer(self):
+        tokenizer = getattr(self._local, "tokenizer", None)
+        if tokenizer is None:
+            tokenizer = self._local.tokenizer = copy.deepcopy(self._tokenizer)
+        return tokenizer
 
 
 def prefetch(items: Iterable[T], build: Callable[[T], R], threads: int) -> Iterator[tuple[T, R]]:
@@ -147,3 +160,43 @@ def _sorted_by_content(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     keys = [hashlib.sha1(bytes(image) + str(text).encode()).digest() for image, text in zip(columns["image"], columns["text"], strict=True)]
     order = np.argsort(np.array(keys, dtype=object), kind="stable")
     return {k: v[order] for k, v in columns.items()}
+
+
+def to_device_ahead(
+    items: Iterable[tuple[T, dict[str, torch.Tensor]]], device: torch.device
+) -> Iterator[tuple[T, dict[str, torch.Tensor]]]:
+    """``(item, its tensors on device)`` in order; when one is yielded, the next one's copy is already issued.
+
+    Why: otherwise batch k+1 is copied only after step k's loss has synchronised, and the accelerator
+    waits for its input. Here the copy (from pinned memory, ``non_blocking``) runs on a side CUDA stream
+    while step k computes, and each batch's consumer waits for its own copy only (an event), not for
+    copies issued after it. On a CPU the same order holds and the copy is a no-op.
+    """
+    cuda = device.type == "cuda"
+    copy_stream = torch.cuda.Stream(device) if cuda else None
+
+    def issue(tensors: dict[str, torch.Tensor]):
+        if not cuda:
+            return {k: v.to(device, non_blocking=True) for k, v in tensors.items()}, None
+        with torch.cuda.stream(copy_stream):
+            moved = {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
+            done = torch.cuda.Event()
+            done.record(copy_stream)
+        return moved, done
+
+    def ready(moved: dict[str, torch.Tensor], done) -> dict[str, torch.Tensor]:
+        if done is not None:
+            compute = torch.cuda.current_stream(device)
+            compute.wait_event(done)
+            for tensor in moved.values():  # the caching allocator must not reuse them before compute is done
+                tensor.record_stream(compute)
+        return moved
+
+    pending = None
+    for item, tensors in items:
+        issued = (item, *issue(tensors))
+        if pending is not None:
+            yield pending[0], ready(*pending[1:])
+        pending = issued
+    if pending is not None:
+        yield pending[0], ready(*pending[1:])

@@ -9,6 +9,7 @@ steps it would have trained without the interruption.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import tempfile
@@ -23,7 +24,9 @@ from components.model.artifact import TOKENIZER_DIR
 from components.model.loss import ContrastiveLoss
 from components.model.tokenizer import load_tokenizer
 from components.runtime.metrics import record_training_step
-from components.train.batches import BatchBuilder, iterate_batches, prefetch
+from components.model.preprocess import normalize
+from components.train.accelerators import prepare_cuda
+from components.train.batches import BatchBuilder, iterate_batches, prefetch, to_device_ahead
 from components.train.checkpointing import Position, restore_checkpoint, save_checkpoint, step_seed
 from components.train.schedule import build_optimizer, build_scheduler
 from components.train.step import train_step
@@ -227,6 +230,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model = model.to(memory_format=torch.channels_last)
     mean, std = model.image_tower.mean, model.image_tower.std
     device = ray.train.torch.get_device()
+    prepare_cuda(device, cfg.train.accelerator)
     model = ray.train.torch.prepare_model(sync_batchnorm(model, cfg.train.sync_batchnorm, device, world))
     optimizer = build_optimizer(cfg.train.optimizer, model, cfg.train.lr, cfg.train.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.train.warmup_steps, cfg.train.steps)
@@ -244,7 +248,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # (and the latest on the MLflow run): a run that lost a node shows where each part of it trained.
     attempt = {"attempt_start_step": position.step, "worker_nodes": ",".join(worker_nodes(world))}
     loss_fn = ContrastiveLoss(cfg.model.label_smoothing, rank=rank, world_size=world)
-    build_batch = BatchBuilder(model_cfg, tokenizer, mean, std)
+    build_batch = BatchBuilder(model_cfg, tokenizer, pin_memory=device.type == "cuda")
+    normalise = functools.partial(normalize, mean=mean, std=std, channels_last=model_cfg.channels_last)
     reporter = _Rank0Reporter(loop_config, cfg, rank)
     if reporter.client is not None:
         reporter.client.set_tag(reporter.run_id, "align.train.worker_nodes", attempt["worker_nodes"])
@@ -252,12 +257,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         reporter.log_params(cfg, world)
     model.train()
     try:
-        _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, tokenizer, reporter, position, local_batch, rank, world, device, attempt)
+        _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, normalise, tokenizer, reporter, position, local_batch, rank, world, device, attempt)
     finally:
         reporter.close()
 
 
-def _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, tokenizer, reporter, position, local_batch, rank, world, device, attempt):
+def _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, normalise, tokenizer, reporter, position, local_batch, rank, world, device, attempt):
     import ray.train
 
     step = position.step
@@ -267,9 +272,11 @@ def _train(cfg, model, loss_fn, optimizer, scheduler, build_batch, tokenizer, re
     batches = iterate_batches(ray.train.get_dataset_shard("train"), cfg, local_batch, rank, world, position)
     # Each batch's augmentation seed is fixed by the step it feeds, so images built ahead are the same.
     seeded = ((raw, epoch, index, step_seed(cfg.seed, rank, at)) for at, (epoch, index, raw) in enumerate(batches, start=step))
-    decoded = prefetch(seeded, lambda item: build_batch.images(item[0], item[3]), cfg.train.decode_threads)
-    for (raw, epoch, index, seed), images in decoded:
-        inputs = {k: v.to(device) for k, v in ({"images": images} | build_batch.texts(raw)).items()}
+    # Decoded, augmented and tokenized ahead in helper threads; each batch's copy to the device is
+    # issued before the previous step's loss syncs; uint8 images are normalised on the device.
+    built = prefetch(seeded, lambda item: build_batch(item[0], item[3]), cfg.train.decode_threads)
+    for (_, epoch, index, seed), batch in to_device_ahead(built, device):
+        inputs = batch | {"images": normalise(batch["images"])}
         torch.manual_seed(seed)  # dropout masks of this step, whatever ran before it
         compute_start = time.perf_counter()
         loss, temperature = train_step(model, loss_fn, optimizer, scheduler, inputs, cfg.train.precision, step)

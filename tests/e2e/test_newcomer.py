@@ -10,6 +10,7 @@ fresh HOME). This is the suite's slowest test: an install (~2–3 min) and the e
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -22,7 +23,7 @@ import psutil
 import pytest
 
 from components.runtime.local_server import listening
-from components.runtime.ray_cluster import free_port
+from components.runtime.ray_cluster import free_port, listening_sockets
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -133,6 +134,9 @@ def test_a_fresh_clone_with_an_empty_home_runs_the_readmes_main_job(tmp_path):
         assert report.returncode == 0 and Path(report.stdout.strip().splitlines()[-1]).is_file(), report.stderr[-3000:]
 
         assert _ours(clone, home), "the Ray head serving the model runs from the clone"
+        exposed = [f"{ip}:{port_} ({name})" for ip, port_, name in listening_sockets(_ours(clone, home))
+                   if not ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback]
+        assert not exposed, f"listening beyond 127.0.0.1 (README, Security): {exposed}"
         down = subprocess.run([*align, "down"], cwd=clone, env=env, capture_output=True, text=True, timeout=120)
         assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
         deadline = time.monotonic() + 30

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -96,3 +97,20 @@ def test_an_ann_index_above_the_size_threshold_reports_its_recall(registered):
         mlflow.MlflowClient(cfg.storage.tracking_uri).get_model_version(cfg.registry.model_name, version).run_id
     )
     assert run.data.metrics["index/recall_at_10"] == pytest.approx(manifest.recall_at_10)
+
+
+def test_a_rebuild_after_a_crashed_attempt_indexes_only_its_own_rows(registered):
+    """A crashed attempt's item files, left without a manifest, must not join the next build."""
+    from components.serving.corpus_index import ITEMS_DIR, index_stage, index_uri
+
+    cfg, version, kept, root = registered
+    crashed = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"indexes_uri": str(root / "crashed")})})
+    uri = index_uri(crashed.storage.indexes_uri, cfg.registry.model_name, version, kept)
+    leftovers = root / "crashed-items"
+    leftovers.mkdir()
+    pq.write_table(pq.read_table(kept).slice(0, 4).rename_columns(["id", "caption", "image"]), leftovers / "x.parquet")
+    (Path(uri) / ITEMS_DIR).mkdir(parents=True)
+    (leftovers / "x.parquet").rename(Path(uri) / ITEMS_DIR / "attempt-1-part-0.parquet")
+    manifest = index_stage(crashed, version, kept)
+    ids = pq.read_table(f"{uri}/items", columns=["id"]).column("id").to_pylist()
+    assert manifest.items + manifest.rejected == len(ids) == 40 and len(set(ids)) == 40

@@ -145,3 +145,28 @@ def test_lost_rows_fail_the_stage(ray_session, tmp_path, monkeypatch):
     with pytest.raises(InvariantError, match="rows in 1"):
         run_filter(_sidecar(corpus), str(tmp_path / "out"), FilterConfig(vocab_top_n=1000))
     assert not (tmp_path / "out" / schema.MANIFEST_FILE).exists()
+
+
+def test_an_ingest_interrupted_before_its_manifest_reruns_from_a_clean_folder(ray_session, tmp_path, monkeypatch):
+    """The shards of a crashed attempt must neither block the rerun nor join its output."""
+    import components.data.pipeline as pipeline
+    from components.config import load_config
+    from components.data.ingest import ingest
+    from tests.train_fixtures import TINY_LIFECYCLE
+
+    cfg = load_config(None, [f"storage.home={tmp_path}", *[o for o in TINY_LIFECYCLE if o.startswith(("corpus.", "filter."))]])
+    publish = pipeline.write_json
+
+    def crash_before_the_manifest(uri: str, payload: dict) -> None:
+        if uri.endswith(schema.MANIFEST_FILE):
+            raise RuntimeError("worker lost before the manifest")
+        publish(uri, payload)
+
+    monkeypatch.setattr(pipeline, "write_json", crash_before_the_manifest)
+    with pytest.raises(RuntimeError, match="before the manifest"):
+        ingest(cfg)
+    monkeypatch.setattr(pipeline, "write_json", publish)
+    result = ingest(cfg)
+    assert not result.cached and result.report["rows_kept"] > 0
+    assert pq.read_table(result.kept_uri).num_rows == result.report["rows_kept"]
+    assert ingest(cfg).cached

@@ -75,6 +75,7 @@ def _train(model_cfg: ModelConfig, out_dirs: dict[int, str]) -> None:
     from components.model.artifact import save_artifact
     from components.model.loss import ContrastiveLoss
     from components.model.tokenizer import train_wordpiece
+    from components.model.preprocess import normalize
     from components.train.batches import BatchBuilder
     from components.train.schedule import build_optimizer
     from components.train.step import train_step
@@ -87,11 +88,13 @@ def _train(model_cfg: ModelConfig, out_dirs: dict[int, str]) -> None:
     loss_fn = ContrastiveLoss(label_smoothing=0.1)
     optimizer = build_optimizer("adamw", model, 1e-3, 1e-5)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    batches = BatchBuilder(model_cfg, tokenizer, model.image_tower.mean, model.image_tower.std)
+    batches = BatchBuilder(model_cfg, tokenizer)
     batch = {"image": [image for image, _ in rows], "text": [text for _, text in rows]}
     model.train()
     for step in range(max(out_dirs)):
-        train_step(model, loss_fn, optimizer, scheduler, batches(batch, step), "fp32", step)
+        inputs = batches(batch, step)
+        inputs["images"] = normalize(inputs["images"], model.image_tower.mean, model.image_tower.std, model_cfg.channels_last)
+        train_step(model, loss_fn, optimizer, scheduler, inputs, "fp32", step)
         if step + 1 in out_dirs:
             save_artifact(model, tokenizer, out_dirs[step + 1])
 

@@ -73,3 +73,159 @@ def test_a_resume_loads_the_optimiser_state_to_the_cpu_first(tmp_path, monkeypat
     monkeypatch.setattr(checkpointing.torch, "load", lambda *a, **k: seen.append(k) or original_load(*a, **k))
     assert restore_checkpoint(str(tmp_path), model, optimizer, scheduler) == Position(7, 1, 3)
     assert seen and all(k.get("map_location") == "cpu" and k.get("weights_only") for k in seen)
+
+
+def _jpegs(count: int, size=(40, 30)) -> list[bytes]:
+    out = []
+    for index in range(count):
+        buffer = io.BytesIO()
+        Image.new("RGB", size, (30 * index % 256, 90, 255 - 20 * index % 256)).save(buffer, format="JPEG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def test_batches_cross_to_the_device_as_uint8_nhwc_and_are_normalised_there():
+    """A float batch is 4x the bytes of the stored pixels; the device converts them instead."""
+    import numpy as np
+
+    from components.config import ModelConfig
+    from components.model.preprocess import build_pipeline, normalize
+    from components.train.batches import BatchBuilder
+
+    cfg = ModelConfig(train_preprocess="resize_short(24)|center_crop(16)", channels_last=True)
+    _, tokenizer = _tiny_model_and_tokenizer()
+    built = BatchBuilder(cfg, tokenizer)({"image": _jpegs(3), "text": ["a red circle"] * 3}, seed=0)
+    images = built["images"]
+    assert images.dtype == torch.uint8 and images.shape == (3, 16, 16, 3)
+    mean, std = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
+    normalised = normalize(images, mean, std, channels_last=True)
+    assert normalised.dtype == torch.float32 and normalised.shape == (3, 3, 16, 16)
+    assert normalised.is_contiguous(memory_format=torch.channels_last)
+    crop = build_pipeline(cfg.train_preprocess)
+    pixels = np.stack([np.asarray(crop(Image.open(io.BytesIO(data))), np.float32) for data in _jpegs(3)]) / 255.0
+    expected = (pixels - np.array(mean, np.float32)) / np.array(std, np.float32)
+    assert np.allclose(normalised.permute(0, 2, 3, 1).numpy(), expected, atol=1e-6)
+
+
+def test_a_gpu_worker_pins_its_batches_and_a_cpu_worker_does_not(monkeypatch):
+    from components.config import ModelConfig
+    from components.train.batches import BatchBuilder
+
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self.dtype) or self)
+    cfg = ModelConfig(train_preprocess="resize_short(24)|center_crop(16)")
+    _, tokenizer = _tiny_model_and_tokenizer()
+    batch = {"image": _jpegs(2), "text": ["a red circle", "a blue square"]}
+    BatchBuilder(cfg, tokenizer)(batch, seed=0)
+    assert pinned == []
+    BatchBuilder(cfg, tokenizer, pin_memory=True)(batch, seed=0)
+    assert sorted(map(str, pinned)) == sorted(map(str, [torch.uint8, torch.int64, torch.int64]))
+
+
+def test_tokenising_runs_ahead_in_the_decode_threads_with_a_tokenizer_per_thread():
+    """A Hugging Face fast tokenizer shared between threads fails ("Already borrowed")."""
+    import threading
+
+    from components.config import ModelConfig
+    from components.train.batches import BatchBuilder, prefetch
+
+    _, tokenizer = _tiny_model_and_tokenizer()
+    used_from = set()
+
+    class _Spy:
+        def __init__(self):
+            self.owner = None
+
+        def __call__(self, *args, **kwargs):
+            if self.owner is None:
+                self.owner = threading.get_ident()
+            assert self.owner == threading.get_ident(), "a tokenizer used from two threads"
+            used_from.add(self.owner)
+            return tokenizer(*args, **kwargs)
+
+        def __deepcopy__(self, memo):
+            return _Spy()
+
+    cfg = ModelConfig(train_preprocess="resize_short(24)|center_crop(16)")
+    texts = ["a red circle", "two green stars", "a blue square"]
+    batches = [({"image": _jpegs(2), "text": [texts[i % 3], texts[(i + 1) % 3]]}, i) for i in range(12)]
+    builder = BatchBuilder(cfg, _Spy())
+    threaded = [built for _, built in prefetch(iter(batches), lambda item: builder(*item), threads=3)]
+    assert threading.get_ident() not in used_from and 1 <= len(used_from) <= 3
+    inline = [BatchBuilder(cfg, tokenizer)(*item) for item in batches]
+    for a, b in zip(threaded, inline, strict=True):
+        assert all(torch.equal(a[key], b[key]) for key in ("images", "input_ids", "attention_mask"))
+
+
+def test_the_next_batch_is_copied_before_the_current_step_runs():
+    """The copy of batch k+1 is issued (non-blocking) before step k, not after step k's loss syncs."""
+    from components.train.batches import to_device_ahead
+
+    events = []
+
+    class _Tensor:
+        def __init__(self, name):
+            self.name = name
+
+        def to(self, device, non_blocking=False):
+            events.append(("copy", self.name, non_blocking))
+            return self
+
+    def produced():
+        for k in range(3):
+            events.append(("built", k))
+            yield k, {"images": _Tensor(k)}
+
+    for k, tensors in to_device_ahead(produced(), torch.device("cpu")):
+        assert tensors["images"].name == k
+        events.append(("step", k))
+    assert events == [
+        ("built", 0), ("copy", 0, True), ("built", 1), ("copy", 1, True), ("step", 0),
+        ("built", 2), ("copy", 2, True), ("step", 1), ("step", 2),
+    ]
+
+
+def test_a_gpu_worker_autotunes_convolutions_and_refuses_a_card_smaller_than_its_recipe(monkeypatch):
+    from types import SimpleNamespace
+
+    from components.train.accelerators import prepare_cuda
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    card = SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=int(79.6 * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: card)
+    prepare_cuda(torch.device("cpu"), "H100-80GB")
+    assert torch.backends.cudnn.benchmark is False  # CPU workers: nothing to tune
+    prepare_cuda(torch.device("cuda", 0), "H100-80GB")
+    assert torch.backends.cudnn.benchmark is True
+    card.name, card.total_memory = "NVIDIA A100-SXM4-40GB", int(39.5 * 2**30)
+    with pytest.raises(ValueError, match="H100-80GB.*A100-SXM4-40GB with 39.5 GiB"):
+        prepare_cuda(torch.device("cuda", 0), "H100-80GB")
+    prepare_cuda(torch.device("cuda", 0), "")  # no card named: no check
+
+
+@pytest.mark.parametrize(
+    ("resources", "expected"),
+    [
+        ({"CPU": 2.0}, ({"num_cpus": 1}, 3, "cpu")),
+        ({"CPU": 16.0, "GPU": 1.0}, ({"num_cpus": 1, "num_gpus": 1}, 1, "cuda")),
+        ({"CPU": 96.0, "GPU": 8.0}, ({"num_cpus": 1, "num_gpus": 1}, 3, "cuda")),
+    ],
+)
+def test_corpus_index_embedders_use_a_gpu_only_when_ray_grants_them_one(resources, expected):
+    from components.serving.corpus_index import embedder_placement
+
+    assert embedder_placement(resources, concurrency=3) == expected
+
+
+def test_an_embedding_actor_loads_its_encoder_on_the_device_it_was_given(monkeypatch):
+    """``device="auto"`` in an actor that asked Ray for no GPU took GPU 0 outside Ray's accounting."""
+    from components.model import artifact
+    from components.registry import store
+    from components.serving import corpus_index
+
+    loaded = []
+    monkeypatch.setattr(store, "download_model", lambda uri, model_uri, dst: (None, dst))
+    monkeypatch.setattr(artifact, "load_encoder", lambda directory, batch_size, device: loaded.append(device))
+    corpus_index._ImageEmbedder("file:///unused", "align", "1", batch_size=4, device="cpu")
+    corpus_index._ImageEmbedder("file:///unused", "align", "1", batch_size=4, device="cuda")
+    assert loaded == ["cpu", "cuda"]

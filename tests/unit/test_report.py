@@ -22,7 +22,8 @@ import pytest
 
 from align_cli.main import _parser, main
 from components.config import load_config
-from components.report.collect import RunSelection, collect_runs, redact_uri
+from components.report.collect import RunSelection, collect_runs
+from components.secrets import redact_uri
 from components.report.render import render_html
 from components.report.ui import (
     listening,

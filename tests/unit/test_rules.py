@@ -103,3 +103,49 @@ def test_dhash_survives_reencoding_but_separates_different_images():
 
 def test_resize_short_side():
     assert resize_short_side(Image.new("RGB", (800, 400)), 100).size == (200, 100)
+
+
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [
+        ("a zero\u200b width\u200c joiner\u200d word\u2060 joiner", "a zero width joiner word joiner"),
+        ("\ufeffa byte order mark\ufeff inside", "a byte order mark inside"),
+        ("cafe\u0301 cre\u0300me", "caf\u00e9 cr\u00e8me"),  # NFD -> NFC
+        # Tab, newline, CR and the right-to-left mark are text: kept while the invisible ones go.
+        ("tabs\tand\nnew\u200blines\r\nstay", "tabs\tand\nnewlines\r\nstay"),
+        ("\u05e9\u05dc\u05d5\u05dd \u200fright\u200b-to-left", "\u05e9\u05dc\u05d5\u05dd \u200fright-to-left"),
+    ],
+)
+def test_captions_are_normalised(raw, text):
+    assert decode_caption(raw.encode()) == (text, None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "code_point"),
+    [
+        ("a nul\x00 byte", "U+0000"),
+        ("\x1b[31mred terminal text", "U+001B"),
+        ("a vertical\x0btab", "U+000B"),
+        ("trailing unit separator\x1f", "U+001F"),
+        ("delete\x7f char", "U+007F"),
+        ("a c1\x85 control", "U+0085"),
+        ("invoice \u202egpj.exe", "U+202E"),
+        ("embedded \u202aleft to right\u202c", "U+202A"),
+        ("isolate \u2066x\u2069", "U+2066"),
+    ],
+)
+def test_captions_with_control_or_bidi_characters_are_rejected(raw, code_point):
+    text, verdict = decode_caption(raw.encode())
+    assert verdict[0] == schema.RULE_CAPTION_UNSAFE_CHARACTERS and code_point in verdict[1]
+    assert text  # kept readable for the rejects table
+
+
+def test_any_exception_decoding_one_image_is_that_image_undecodable(monkeypatch):
+    from components.data import decode
+
+    def broken(image, in_place=False):
+        raise TypeError("EXIF orientation is a tuple")
+
+    monkeypatch.setattr(decode.ImageOps, "exif_transpose", broken)
+    image, verdict = decode_image(_jpeg(Image.new("RGB", (40, 20))), 10**8)
+    assert image is None and verdict == (schema.RULE_IMAGE_UNDECODABLE, "TypeError: EXIF orientation is a tuple")

@@ -230,6 +230,119 @@ def test_api_key_guards_v1_but_not_probes(registry, monkeypatch):
         http_api(replica)
 
 
+def test_templates_are_filled_by_plain_replacement_never_str_format(replica, http, monkeypatch):
+    """Was: ``{{}}{1}`` a 500 (IndexError), ``{{}}{0:>5000000}`` a 5 MB prompt; braces are now literal."""
+    prompts = []
+    encode = replica._texts
+
+    async def recording(model, texts):
+        prompts.extend(texts)
+        return await encode(model, texts)
+
+    monkeypatch.setattr(replica, "_texts", recording)
+    image = _b64(_png())
+    for template in ("{{}}{1}", "{{}}{0:>5000000}", "{}{x}", "{}}", "{!r}{}"):
+        prompts.clear()
+        response = http.post("/v1/classify", json={"images": [image], "labels": ["cat", "dog"], "templates": [template]})
+        assert response.status_code == 200, (template, response.text)
+        assert prompts == [template.replace("{}", "cat"), template.replace("{}", "dog")]
+    prompts.clear()
+    assert http.post("/v1/classify", json={"images": [image], "labels": ["a {} b", "c"]}).status_code == 200
+    assert prompts[0] == "a photo of a a {} b."  # a label is never a template
+    for template, found in (("{0}", 0), ("{}{}", 2), ("no slot", 0)):
+        response = http.post("/v1/classify", json={"images": [image], "labels": ["a", "b"], "templates": [template]})
+        assert response.status_code == 422 and f"exactly one '{{}}' slot for the label, found {found}" in response.text
+
+
+def test_per_text_item_and_prompt_limits_are_422_naming_the_limit(http):
+    image, over = _b64(_png()), "x" * 1001  # serve.max_text_chars defaults to 1000
+    cases = [
+        ("/v1/embed", {"texts": ["ok", over]}, "at most 1000 characters"),
+        ("/v1/embed", {"texts": ["a"] * 33}, "at most 32 items"),
+        ("/v1/search", {"text": "a", "modifiers": [{"text": over}]}, "at most 1000 characters"),
+        ("/v1/classify", {"images": [image], "labels": ["a", over]}, "at most 1000 characters"),
+        ("/v1/classify", {"images": [image], "labels": ["a", "b"], "templates": ["{}" + over]}, "at most 1000 characters"),
+        ("/v1/classify", {"images": [image], "labels": ["a", "b"], "templates": ["{}"] * 33}, "at most 32 items"),
+        ("/v1/classify", {"images": [image], "labels": [f"l{i}" for i in range(100)], "templates": ["{}", "a {}"] * 2},
+         "100 labels x 4 templates = 400 prompts"),  # passes: the limit is 400
+        ("/v1/classify", {"images": [image], "labels": [f"l{i}" for i in range(100)], "templates": ["{}", "a {}", "b {}", "c {}", "d {}"]},
+         "100 labels x 5 templates = 500 prompts; the limit is 400"),
+    ]
+    for route, body, message in cases:
+        response = http.post(route, json=body)
+        if "= 400 prompts" in message:
+            assert response.status_code == 200, response.text
+            continue
+        assert response.status_code == 422 and message in response.text, (route, response.text[:300])
+    upload = http.post("/v1/embed/upload", data={"texts": ["a", over]})
+    assert upload.status_code == 422 and "at most 1000 characters" in upload.text
+    files_as_texts = http.post("/v1/embed/upload", files=[("texts", ("t.txt", b"hi", "text/plain"))])
+    assert files_as_texts.status_code == 422 and "not file parts" in files_as_texts.text
+
+
+@pytest.fixture
+def keyed(registry, monkeypatch):
+    """An app requiring ``X-API-Key: s3cret``; the platform's clients reach it through a TestClient."""
+    from components.serving import client as client_module
+
+    monkeypatch.setenv("ALIGN_TEST_KEY", "s3cret")
+    replica = ServingDeployment(CFG | {"api_key_env": "ALIGN_TEST_KEY"}, str(registry), "align", loaders=LOADERS)
+    api = http_api(replica)
+    seen = []
+
+    def to_app(url, timeout_s):
+        test_client = TestClient(api)
+        test_client.event_hooks["request"].append(lambda request: seen.append(request.headers.get("x-api-key")))
+        return test_client
+
+    monkeypatch.setattr(client_module, "_client", to_app)
+    return seen
+
+
+def test_the_search_client_and_cli_send_the_api_key(keyed, tmp_path, monkeypatch, capsys):
+    from align_cli.main import main
+    from components.serving.client import SearchError, search
+
+    url = "http://127.0.0.1:8000"
+    assert search(url, CAPTIONS[7], k=2, api_key_env="ALIGN_TEST_KEY")["results"][0]["id"] == "item-7"
+    assert keyed == ["s3cret"]
+    with pytest.raises(SearchError, match="set serve.api_key_env") as refused:
+        search(url, CAPTIONS[7])  # a client that knows of no key gets the server's 401, with the fix named
+    assert refused.value.status == 401
+
+    monkeypatch.setenv("ALIGN_HOME", str(tmp_path))
+    config = tmp_path / "align.yaml"
+    config.write_text("serve:\n  api_key_env: ALIGN_TEST_KEY\n")
+    assert main(["search", CAPTIONS[3], "-k", "1", "--url", url, "--config", str(config)]) == 0
+    assert '"item-3"' in capsys.readouterr().out and keyed[-1] == "s3cret"
+    monkeypatch.delenv("ALIGN_TEST_KEY")
+    calls = len(keyed)
+    assert main(["search", CAPTIONS[3], "--url", url, "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "'ALIGN_TEST_KEY', but that environment variable is not set" in err and "Traceback" not in err
+    assert len(keyed) == calls  # refused before any request
+
+
+def test_the_deploy_probe_sends_the_api_key_and_never_redeploys_for_want_of_it(keyed, monkeypatch):
+    from components.serving import deploy as deploy_module
+
+    redeploys = []
+    monkeypatch.setattr(deploy_module, "_require_ray", lambda: None)
+    monkeypatch.setattr(deploy_module, "_app_status", lambda name: ("RUNNING", ""))
+    monkeypatch.setattr(deploy_module, "deploy", lambda *args, **kwargs: redeploys.append(args) or "redeployed")
+    cfg = ServeConfig(api_key_env="ALIGN_TEST_KEY", num_replicas=1)
+    assert deploy_module.ensure_serving(cfg, None, "unused", "1") == endpoint_url(cfg)
+    assert redeploys == [] and keyed[0] == "s3cret"  # /v1/model answered: the following app is kept
+
+    monkeypatch.setenv("ALIGN_TEST_KEY", "wrong")
+    with pytest.raises(PermissionError, match="refused the API key.*401.*ALIGN_TEST_KEY"):
+        deploy_module.ensure_serving(cfg, None, "unused", "1")
+    monkeypatch.delenv("ALIGN_TEST_KEY")
+    with pytest.raises(RuntimeError, match="'ALIGN_TEST_KEY', but that environment variable is not set"):
+        deploy_module.ensure_serving(cfg, None, "unused", "1")
+    assert redeploys == []
+
+
 def test_pinned_swaps_happen_in_place_without_torn_answers(replica):
     """Requests keep flowing while version 2 loads; each answer comes from one consistent model."""
 

@@ -393,3 +393,171 @@ def test_read_svg_unsafe_file_record(tmp_path):
     source, path, root = _svg_source(tmp_path, BILLION_LAUGHS)
     (record,) = svg.read_svg(path, source, root)
     assert record["reject_rule"] == schema.RULE_UNSAFE_FILE and record["image"] == b""
+
+
+# ---------------------------------------------------------------- hostile input (issue 19)
+
+
+def test_nul_byte_in_src_is_a_reject_not_an_exception(tmp_path):
+    records = _read(tmp_path, b'<img src="img/a.png%00.txt" alt="a nul"><img src="img/a.png" alt="fine">',
+                    {"img/a.png": PNG_BYTES})
+    assert records[0]["reject_rule"] == schema.RULE_UNREADABLE and "NUL" in records[0]["reject_detail"]
+    assert (records[1]["reject_rule"], records[1]["image"]) == ("", PNG_BYTES)
+
+
+def test_a_page_the_parser_cannot_take_is_one_unreadable_page_record(tmp_path):
+    (record,) = _read(tmp_path, b'<p><![foo[ x ]]><img src="img/a.png" alt="never seen">', {"img/a.png": PNG_BYTES})
+    assert record["key"] == "web/page#page" and record["reject_rule"] == schema.RULE_UNREADABLE
+    assert "AssertionError" in record["reject_detail"]
+
+
+def test_a_page_linked_from_outside_the_corpus_is_not_read(tmp_path):
+    (tmp_path / "outside.html").write_bytes(b'<img src="secret.png" alt="TOPSECRET words">')
+    source, _, root = _site(tmp_path, b"")
+    link = tmp_path / "site" / "linked.html"
+    os.symlink(tmp_path / "outside.html", link)
+    (record,) = html.read_page(str(link), source, root)
+    assert record["key"] == "web/linked#page" and record["reject_rule"] == schema.RULE_OUTSIDE_ROOT
+    assert b"TOPSECRET" not in record["caption_raw"]
+
+
+def test_an_exception_loading_one_image_rejects_only_that_record(tmp_path, monkeypatch):
+    real = common.read_confined
+
+    def flaky(fs, root, path):
+        if path.endswith("b.png"):
+            raise RuntimeError("a reader bug")
+        return real(fs, root, path)
+
+    monkeypatch.setattr(common, "read_confined", flaky)
+    page = b'<img src="img/a.png" alt="first"><img src="img/b.png" alt="second"><img src="img/a.png" alt="third">'
+    records = _read(tmp_path, page, {"img/a.png": b"A", "img/b.png": b"B"})
+    assert [r["reject_rule"] for r in records] == ["", schema.RULE_READER_ERROR, ""]
+    assert "RuntimeError: a reader bug" in records[1]["reject_detail"] and records[1]["image"] == b""
+
+
+def test_read_isolated_turns_an_escaping_exception_into_one_error_record():
+    def broken(path):
+        raise KeyError("a reader bug")
+
+    (record,) = common.read_isolated(broken, "/corpus/a/page.html", "web", "/corpus", "/corpus")
+    assert record["key"] == "web/a/page#error" and record["reject_rule"] == schema.RULE_READER_ERROR
+    assert "KeyError" in record["reject_detail"]
+
+    def misconfigured(path):
+        raise common.SourceConfigError("no column 'caption'")
+
+    with pytest.raises(common.SourceConfigError):
+        common.read_isolated(misconfigured, "/corpus/t.csv", "tbl", "/corpus", "/corpus")
+
+
+def _timed_render(data: bytes, limits: svg.RenderLimits | None = None, size: int = 64):
+    started = time.perf_counter()
+    png, verdict = svg.render_png(data, size, limits=limits)
+    return png, verdict, time.perf_counter() - started
+
+
+LIMITS = svg.RenderLimits(max_elements=20_000, max_seconds=30.0, max_raster_pixels=500_000)
+
+
+def test_use_references_are_counted_expanded_before_drawing():
+    from defusedxml.ElementTree import fromstring
+
+    from tests.data_fixtures import SVG_CYCLE, svg_use_bomb
+
+    assert svg.expanded_elements(fromstring(_svg()), 100) < 30
+    two_levels = svg.expanded_elements(fromstring(svg_use_bomb(levels=2)), 10**9)
+    assert svg.expanded_elements(fromstring(svg_use_bomb(levels=3)), 10**9) > 9 * two_levels
+    assert svg.expanded_elements(fromstring(svg_use_bomb(levels=30)), 1000) == 1001  # saturates, no overflow
+    assert svg.expanded_elements(fromstring(SVG_CYCLE), 1000) == 1001
+
+
+def test_a_use_bomb_is_refused_before_rendering():
+    from tests.data_fixtures import svg_use_bomb
+
+    png, verdict, seconds = _timed_render(svg_use_bomb(levels=4), LIMITS)  # 10^4 rects: 2.75-7 s to draw
+    assert png == b"" and verdict[0] == schema.RULE_RENDER_OVER_BUDGET and "<use>" in verdict[1]
+    assert seconds < 0.5
+    png, verdict, _ = _timed_render(svg_use_bomb(levels=2), LIMITS)  # 100 rects: drawn as before
+    assert verdict is None and _png(png).size == (64, 64)
+
+
+def test_reference_cycles_and_nested_svg_bombs_are_refused():
+    from tests.data_fixtures import SVG_CYCLE, svg_embedding, svg_use_bomb
+
+    assert svg.render_png(SVG_CYCLE, 64, limits=LIMITS)[1][0] == schema.RULE_RENDER_OVER_BUDGET
+    nested = svg_embedding(svg_use_bomb(levels=4), "image/svg+xml")
+    png, verdict, seconds = _timed_render(nested, LIMITS)
+    assert verdict[0] == schema.RULE_RENDER_OVER_BUDGET and "embeds an SVG" in verdict[1] and seconds < 0.5
+
+
+def test_pattern_fan_out_is_counted_before_drawing():
+    from tests.data_fixtures import svg_pattern_fan_out
+
+    png, verdict, seconds = _timed_render(svg_pattern_fan_out(shapes=100, uses=400), LIMITS)  # 40,000 draws
+    assert png == b"" and verdict[0] == schema.RULE_RENDER_OVER_BUDGET and "pattern" in verdict[1]
+    assert seconds < 0.5
+    assert svg.render_png(svg_pattern_fan_out(shapes=4, uses=4), 64, limits=LIMITS)[1] is None
+
+
+def test_draws_no_count_before_rendering_sees_are_budgeted_while_drawing():
+    from tests.data_fixtures import svg_marker_fan_out
+
+    small = svg.RenderLimits(max_elements=2_000, max_seconds=30.0, max_raster_pixels=500_000)
+    png, verdict, _ = _timed_render(svg_marker_fan_out(shapes=100, vertices=100), small)  # ~10,000 draws
+    assert png == b"" and verdict[0] == schema.RULE_RENDER_OVER_BUDGET and "draws more than 2000" in verdict[1]
+    assert svg.render_png(svg_marker_fan_out(shapes=2, vertices=10), 64, limits=small)[1] is None
+
+
+def test_the_render_deadline():
+    png, verdict = svg.render_png(_svg(), 64, limits=svg.RenderLimits(20_000, 0.0, 500_000))
+    assert png == b"" and verdict[0] == schema.RULE_RENDER_OVER_BUDGET and "exceeded 0 s" in verdict[1]
+
+
+def test_embedded_rasters_are_capped_by_their_header_before_decoding(monkeypatch):
+    from tests.data_fixtures import encode, svg_embedding, svg_png_bomb
+
+    png, verdict, _ = _timed_render(svg_png_bomb(1500), LIMITS)  # 2.25 Mpx > 500,000: cairo never decodes it
+    assert png == b"" and verdict[0] == schema.RULE_IMAGE_TOO_LARGE and "1500x1500" in verdict[1]
+    assert svg.render_png(svg_png_bomb(500), 64, limits=LIMITS)[1] is None  # 250,000 pixels: within the cap
+    jpeg = svg_embedding(encode(Image.new("RGB", (1000, 1000), "blue")), "image/jpeg")  # decoded by Pillow
+    decoded = []
+    real_load = Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self.size) or real_load(self))
+    assert svg.render_png(jpeg, 64, limits=LIMITS)[1][0] == schema.RULE_IMAGE_TOO_LARGE
+    assert (1000, 1000) not in decoded
+
+
+def test_gzip_inside_a_data_uri_is_refused():
+    import gzip
+
+    from tests.data_fixtures import svg_embedding
+
+    data = svg_embedding(gzip.compress(_svg()), "image/svg+xml")
+    assert svg.render_png(data, 64, limits=LIMITS)[1][0] == schema.RULE_UNSAFE_FILE
+
+
+def test_an_opaque_render_is_kept():
+    """cairo writes an opaque render as RGB, which to_rgb returned still unloaded from a closed file."""
+    png, verdict = svg.render_png(_svg(b'<rect width="300" height="300" fill="#123456"/>'), 64)
+    assert verdict is None and _png(png).getpixel((5, 5)) == (0x12, 0x34, 0x56)
+
+
+def test_an_svg_linked_from_outside_the_corpus_is_not_read(tmp_path):
+    source, _, root = _svg_source(tmp_path, _svg())
+    (tmp_path / "outside.svg").write_bytes(_svg(meta=b"<title>TOPSECRET outside</title>"))
+    link = tmp_path / "art" / "linked.svg"
+    os.symlink(tmp_path / "outside.svg", link)
+    (record,) = svg.read_svg(str(link), source, root)
+    assert record["reject_rule"] == schema.RULE_OUTSIDE_ROOT and record["caption_raw"] == b""
+
+
+def test_read_svg_takes_its_limits_from_the_filter_config(tmp_path):
+    from components.config import FilterConfig
+    from tests.data_fixtures import svg_use_bomb
+
+    limits = svg.RenderLimits.of(FilterConfig(max_svg_elements=50, max_image_pixels=1000))
+    assert (limits.max_elements, limits.max_raster_pixels) == (50, 1000)
+    source, path, root = _svg_source(tmp_path, svg_use_bomb(levels=2))
+    (record,) = svg.read_svg(path, source, root, limits=limits)
+    assert record["reject_rule"] == schema.RULE_RENDER_OVER_BUDGET

@@ -395,3 +395,114 @@ def test_img2dataset_parquet_without_caption_column_fails_fast(tmp_path):
 def test_tables_read_rejects_other_formats():
     with pytest.raises(ValueError, match="sidecar"):
         tables.read(SourceConfig(name="x", format="sidecar", path="."))
+
+
+# --- hostile input (issue 19) ----------------------------------------------------------------------
+
+
+def test_table_nul_byte_in_a_path_cell_is_a_reject(corpus):
+    (corpus / "pairs.csv").write_bytes(b"image_path,caption\nimages/a.jpg\x00.txt,a nul\nimages/a.jpg,fine\n")
+    records = read_table(corpus / "pairs.csv", table_source(corpus))
+    assert records["tbl/pairs/0"]["reject_rule"] == schema.RULE_UNREADABLE
+    assert "NUL" in records["tbl/pairs/0"]["reject_detail"]
+    assert records["tbl/pairs/1"]["image"] == JPG and records["tbl/pairs/1"]["reject_rule"] == ""
+
+
+def test_table_an_exception_in_one_row_rejects_only_that_row(corpus, monkeypatch):
+    real = tables._load_image
+
+    def flaky(fs, root, table_dir, reference):
+        if b"b.png" in reference:
+            raise RuntimeError("a reader bug")
+        return real(fs, root, table_dir, reference)
+
+    monkeypatch.setattr(tables, "_load_image", flaky)
+    (corpus / "pairs.csv").write_text("image_path,caption\nimages/a.jpg,one\nimages/b.png,two\nimages/a.jpg,three\n")
+    records = read_table(corpus / "pairs.csv", table_source(corpus))
+    assert [records[f"tbl/pairs/{i}"]["reject_rule"] for i in range(3)] == ["", schema.RULE_READER_ERROR, ""]
+    assert "RuntimeError: a reader bug" in records["tbl/pairs/1"]["reject_detail"]
+
+
+def test_table_and_shard_files_linked_from_outside_are_not_read(tmp_path, corpus):
+    (tmp_path / "outside.csv").write_text("image_path,caption\nimages/a.jpg,TOPSECRET\n")
+    os.symlink(tmp_path / "outside.csv", corpus / "linked.csv")
+    (record,) = read_table(corpus / "linked.csv", table_source(corpus)).values()
+    assert record["key"] == "tbl/linked#unreadable" and record["reject_rule"] == schema.RULE_OUTSIDE_ROOT
+    # A source that names one file is trusted for that file, link or not.
+    single = table_source(corpus / "linked.csv")
+    records = read_table_file(str(corpus / "linked.csv"), single, root=confinement_root(single.path, str(corpus)))
+    assert records[0]["caption_raw"] == b"TOPSECRET"
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (tmp_path / "outside.tar").write_bytes(tar_bytes([("s.jpg", JPG), ("s.txt", b"TOPSECRET")]))
+    os.symlink(tmp_path / "outside.tar", shards / "00000.tar")
+    source = SourceConfig(name="wds", format="webdataset", path=str(shards))
+    (record,) = read_shard(str(shards / "00000.tar"), source)
+    assert record["key"] == "wds/00000#unreadable" and record["reject_rule"] == schema.RULE_OUTSIDE_ROOT
+
+
+def test_webdataset_an_unexpected_exception_is_treated_like_damage(tmp_path, monkeypatch):
+    real = webdataset._store
+
+    def flaky(tar, member, ext, sample):
+        if member.name.startswith("000000001"):
+            raise RuntimeError("a reader bug")
+        return real(tar, member, ext, sample)
+
+    monkeypatch.setattr(webdataset, "_store", flaky)
+    path, source = write_shard(tmp_path, tar_bytes(THREE_SAMPLES))
+    records = by_key(read_shard(path, source))
+    assert records["wds/00000/000000000"]["reject_rule"] == ""
+    assert records["wds/00000/000000001"]["reject_rule"] == schema.RULE_UNREADABLE
+    shard = records["wds/00000#unreadable"]
+    assert shard["reject_rule"] == schema.RULE_READER_ERROR and "RuntimeError: a reader bug" in shard["reject_detail"]
+
+
+# --- listing and sidecar folders: links are refused, never followed ---------------------------------
+
+
+@pytest.fixture()
+def linked_folder(tmp_path):
+    """``side/`` with a good pair, links out (caption, image, folder), a link loop and a FIFO caption."""
+    outside, side = tmp_path / "outside", tmp_path / "side"
+    outside.mkdir()
+    side.mkdir()
+    (outside / "secret.txt").write_text("TOPSECRET")
+    (outside / "secret.jpg").write_bytes(PNG)
+    for name in ("good", "leak", "pipe"):
+        (side / f"{name}.jpg").write_bytes(JPG)
+    (side / "good.txt").write_text("a good pair")
+    os.symlink(outside / "secret.txt", side / "leak.txt")
+    os.symlink(outside / "secret.jpg", side / "peek.jpg")
+    (side / "peek.txt").write_text("a linked image")
+    os.symlink(side, side / "loop")
+    os.symlink(outside, side / "out")
+    os.mkfifo(side / "pipe.txt")
+    return side
+
+
+def test_listing_reports_directory_links_and_never_walks_them(linked_folder):
+    from components.data.sources import common
+
+    listing = common.list_source(str(linked_folder), {".jpg", ".txt"})
+    names = [os.path.relpath(p, linked_folder) for p in listing.files]
+    assert names == ["good.jpg", "good.txt", "leak.jpg", "leak.txt", "peek.jpg", "peek.txt", "pipe.jpg", "pipe.txt"]
+    refused = {os.path.basename(p): verdict[0] for p, _, verdict in listing.refused}
+    assert refused == {"loop": schema.RULE_UNSAFE_FILE, "out": schema.RULE_OUTSIDE_ROOT}
+    records = common.refused_records("side", str(linked_folder), listing)
+    assert [r["key"] for r in records] == ["side/loop#link", "side/out#link"]
+
+
+def test_sidecar_pairs_with_a_link_out_or_a_fifo_are_rejected(linked_folder):
+    from components.data.sources import sidecar
+
+    source = SourceConfig(name="side", format="sidecar", path=str(linked_folder))
+    listing = sidecar.list_pairs(source)
+    assert sidecar.expected_rows(source) == len(listing) + 2
+    batch = {column: [row[column] for row in listing] for column in ("key", "locator", "image_path", "caption_path")}
+    out = sidecar.load_pair(batch, str(linked_folder), "side")
+    records = by_key([dict(zip(out, values, strict=True)) for values in zip(*out.values(), strict=True)])
+    rules = {key: record["reject_rule"] for key, record in records.items()}
+    assert rules == {"side/good": "", "side/leak": schema.RULE_OUTSIDE_ROOT, "side/peek": schema.RULE_OUTSIDE_ROOT,
+                     "side/pipe": schema.RULE_UNREADABLE}
+    assert all(b"TOPSECRET" not in r["caption_raw"] and r["image"] != PNG for r in records.values())

@@ -171,7 +171,7 @@ def test_images_decoded_in_helper_threads_equal_the_inline_ones():
         return buffer.getvalue()
 
     cfg = ModelConfig(train_preprocess="resize_short(24)|random_crop(16)|flip_lr", channels_last=False)
-    builder = BatchBuilder(cfg, tokenizer=None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    builder = BatchBuilder(cfg, tokenizer=None)
     batches = [({"image": [jpeg(i + j) for j in range(4)]}, step_seed(0, 0, i)) for i in range(8)]
     inline = [builder.images(batch, seed) for batch, seed in batches]
     threaded = [images for _, images in prefetch(iter(batches), lambda item: builder.images(*item), threads=3)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from components.config import SourceConfig
+from components.config import FilterConfig, SourceConfig
 
 _MODULES = {
     "sidecar": "components.data.sources.sidecar",
@@ -20,19 +20,20 @@ _MODULES = {
 }
 
 
-def read_source(source: SourceConfig):
-    """A Ray dataset of raw records for one source."""
+def read_source(source: SourceConfig, cfg: FilterConfig | None = None):
+    """A Ray dataset of raw records for one source; ``cfg``'s resource limits apply while reading
+    (the SVG render budget), default: the filter defaults."""
     module = importlib.import_module(_MODULES[source.format])
-    return module.read(source)
+    return module.read(source, cfg)
 
 
-def read_sources(sources: list[SourceConfig]):
+def read_sources(sources: list[SourceConfig], cfg: FilterConfig | None = None):
     if not sources:
         raise ValueError("corpus.sources is empty: name at least one source to ingest")
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise ValueError(f"source names must be unique (they prefix every key): {names}")
-    datasets = [read_source(s) for s in sources]
+    datasets = [read_source(s, cfg) for s in sources]
     return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
 
 

@@ -15,7 +15,7 @@ from functools import partial
 from html.parser import HTMLParser
 from urllib.parse import unquote
 
-from components.config import SourceConfig
+from components.config import FilterConfig, SourceConfig
 from components.data import schema
 from components.data.sources import common
 from components.data.sources.common import Verdict
@@ -76,6 +76,10 @@ def normalise_text(text: str) -> str:
     return " ".join(text.split())
 
 
+class PageParseError(Exception):
+    """The page's markup made the parser raise (html.parser raises AssertionError on ``<![foo[``)."""
+
+
 class _ImgCollector(HTMLParser):
     """Collects the attributes of every ``<img>`` in document order (values already unescaped)."""
 
@@ -111,11 +115,15 @@ def harvest_page(page: bytes, page_path: str, root: str) -> list[dict]:
     """One entry per ``<img>`` in document order: ``id``, ``alt``, ``image_path`` and ``verdict``.
 
     Pure: reads no file and fetches nothing. An image problem is reported before a caption one.
+    Raises ``PageParseError`` for markup the parser cannot take.
     """
     text, _ = decode_page(page)
     collector = _ImgCollector()
-    collector.feed(text)
-    collector.close()
+    try:
+        collector.feed(text)
+        collector.close()
+    except Exception as err:  # noqa: BLE001 - whatever the parser raises, the page is what is wrong
+        raise PageParseError(f"{type(err).__name__}: {err}") from err
     page_id = common.relative_id(page_path, root)
     page_dir = posixpath.dirname(page_path)
     entries = []
@@ -129,40 +137,52 @@ def harvest_page(page: bytes, page_path: str, root: str) -> list[dict]:
 
 
 def read_page(path: str, source: SourceConfig, root: str) -> list[dict]:
-    """The raw records of one page: one per ``<img>``, or one ``#page`` record if the page is unreadable."""
+    """The raw records of one page: one per ``<img>``, or one ``#page`` record if the page is unreadable.
+
+    Each ``<img>`` is isolated: an exception loading one becomes that record's reject, not the page's.
+    """
     fs, _ = common.filesystem(source.path)
     locator = common.scheme_prefix(source.path) + path
-    page, verdict = common.read_bytes(fs, path)
+    page_key = f"{source.name}/{common.relative_id(path, root)}#page"
+    page_record = partial(common.raw_record, key=page_key, source=source.name, locator=locator)
+    verdict = common.check_listed(source.path, root, path)
+    page, verdict = (b"", verdict) if verdict is not None else common.read_bytes(fs, path)
     if verdict is not None:
         rule, detail = verdict
         page_verdict = (schema.RULE_UNREADABLE if rule == schema.RULE_MISSING_IMAGE else rule, f"page: {detail}")
-        key = f"{source.name}/{common.relative_id(path, root)}#page"
-        return [common.raw_record(key=key, source=source.name, locator=locator, verdict=page_verdict)]
+        return [page_record(verdict=page_verdict)]
+    try:
+        entries = harvest_page(page, path, root)
+    except PageParseError as err:
+        return [page_record(verdict=(schema.RULE_UNREADABLE, f"page does not parse: {err}"[:300]))]
     loaded: dict[str, tuple[bytes, Verdict]] = {}
     records = []
-    for entry in harvest_page(page, path, root):
+    for entry in entries:
         image, verdict = b"", entry["verdict"]
-        if verdict is None:
-            if entry["image_path"] not in loaded:
-                loaded[entry["image_path"]] = common.read_confined(fs, root, entry["image_path"])
-            image, verdict = loaded[entry["image_path"]]
+        try:
+            if verdict is None:
+                if entry["image_path"] not in loaded:
+                    loaded[entry["image_path"]] = common.read_confined(fs, root, entry["image_path"])
+                image, verdict = loaded[entry["image_path"]]
+            caption = entry["alt"].encode("utf-8") if entry["alt"] else b""
+        except Exception as err:  # noqa: BLE001 - one record's problem; see common.error_verdict
+            image, caption, verdict = b"", b"", common.error_verdict(err, f"{locator}#{entry['id']}")
         records.append(
             common.raw_record(
                 key=f"{source.name}/{entry['id']}",
                 source=source.name,
                 locator=f"{locator}#{entry['id'].rsplit('#', 1)[1]}",
-                image=image,
-                caption=entry["alt"].encode("utf-8") if entry["alt"] else b"",
+                image=image if verdict is None else b"",
+                caption=caption,
                 verdict=verdict,
             )
         )
     return records
 
 
-
-
-def read(source: SourceConfig):
+def read(source: SourceConfig, cfg: FilterConfig | None = None):
     """A Ray dataset of raw records, one per ``<img>`` of every page under ``source.path``."""
     root = common.confinement_root(source.path, source.root)
-    paths = common.list_files(source.path, SUFFIXES, source.max_files)
-    return common.per_file_dataset(paths, partial(read_page, source=source, root=root))
+    listing = common.list_source(source.path, SUFFIXES, source.max_files)
+    reader = partial(read_page, source=source, root=root)
+    return common.per_file_dataset(listing, reader, source.name, source.path, root)

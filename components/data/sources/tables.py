@@ -6,7 +6,8 @@ becomes one unreadable record; a table without the configured columns is a confi
 fails the job at once rather than rejecting every row.
 
 Image paths in a ``table`` are untrusted: they are resolved against the table's folder and confined
-to the corpus root (no absolute paths, URLs or ``..`` escapes), and nothing is ever fetched.
+to the corpus root (no absolute paths, URLs, ``..`` escapes, NUL bytes or links leading out), and
+nothing is ever fetched. Rows are isolated: an exception one row raises rejects that row only.
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from components.config import SourceConfig
+from components.config import FilterConfig, SourceConfig
 from components.data import schema
 from components.data.sources.common import (
+    SourceConfigError,
     Verdict,
+    check_listed,
     confine,
     confinement_root,
+    error_verdict,
     filesystem,
-    list_files,
+    list_source,
     per_file_dataset,
     raw_record,
     read_confined,
@@ -55,14 +59,15 @@ def _as_bytes(value: object) -> bytes | None:
 def _require_columns(path: str, names: list[str], wanted: list[str]) -> None:
     missing = [c for c in wanted if c not in names]
     if missing:
-        raise ValueError(f"table {path} has no column {', '.join(map(repr, missing))}; its columns are {names}")
+        raise SourceConfigError(f"table {path} has no column {', '.join(map(repr, missing))}; its columns are {names}")
 
 
-def _unreadable(source: SourceConfig, file_id: str, locator: str, err: Exception) -> dict:
-    detail = f"cannot parse {locator}: {type(err).__name__}: {err}"[:300]
-    return raw_record(
-        f"{source.name}/{file_id}#unreadable", source.name, locator, verdict=(schema.RULE_UNREADABLE, detail)
-    )
+def _unreadable(
+    source: SourceConfig, file_id: str, locator: str, err: Exception | None, verdict: Verdict = None
+) -> dict:
+    """The one record of a table file that is not read: refused (``verdict``) or unparseable (``err``)."""
+    verdict = verdict or (schema.RULE_UNREADABLE, f"cannot parse {locator}: {type(err).__name__}: {err}"[:300])
+    return raw_record(f"{source.name}/{file_id}#unreadable", source.name, locator, verdict=verdict)
 
 
 # --- table: (image path, caption) rows ---------------------------------------------------------
@@ -125,12 +130,15 @@ def read_table_file(path: str, source: SourceConfig, root: str, id_root: str = "
     ``root`` is the filesystem path image paths must stay inside; ``id_root`` (default: the source's
     folder) is what the table's id in the keys is relative to. The table and all its images are read
     in one task: fine for tables of thousands of rows; split bigger tables into several files.
-    Raises ValueError if the table lacks the configured image or caption column.
+    Raises SourceConfigError (a ValueError) if the table lacks the configured image or caption column.
     """
     fs, _ = filesystem(source.path)
     table_id = relative_id(path, id_root or source_root(source.path))
     prefix = scheme_prefix(source.path)
     wanted = [source.image_column, source.caption_column]
+    verdict = check_listed(source.path, root, path)
+    if verdict is not None:
+        return [_unreadable(source, table_id, prefix + path, None, verdict)]
     try:
         columns = _read_columns(fs, path, wanted)
     except _FILE_ERRORS as err:
@@ -138,18 +146,13 @@ def read_table_file(path: str, source: SourceConfig, root: str, id_root: str = "
     table_dir = posixpath.dirname(path)
     records = []
     for row, (reference, caption) in enumerate(zip(*(columns[c] for c in wanted), strict=True)):
-        caption = _as_bytes(caption)
-        image, verdict = _table_row(fs, root, table_dir, _as_bytes(reference), caption)
-        records.append(
-            raw_record(
-                f"{source.name}/{table_id}/{row}",
-                source.name,
-                f"{prefix}{path}#row={row}",
-                image,
-                caption or b"",
-                verdict,
-            )
-        )
+        locator = f"{prefix}{path}#row={row}"
+        try:
+            caption = _as_bytes(caption) or b""
+            image, verdict = _table_row(fs, root, table_dir, _as_bytes(reference), caption)
+        except Exception as err:  # noqa: BLE001 - one row's problem; see common.error_verdict
+            image, caption, verdict = b"", b"", error_verdict(err, locator)
+        records.append(raw_record(f"{source.name}/{table_id}/{row}", source.name, locator, image, caption, verdict))
     return records
 
 
@@ -160,7 +163,7 @@ def _img2dataset_columns(path: str, names: list[str]) -> list[str]:
     """The columns to read: image (whichever encode format was used), caption, and the optional ones."""
     image = next((c for c in IMG2DATASET_IMAGE_COLUMNS if c in names), None)
     if image is None:
-        raise ValueError(
+        raise SourceConfigError(
             f"img2dataset shard {path} has no image column (one of {list(IMG2DATASET_IMAGE_COLUMNS)}); "
             f"its columns are {names}"
         )
@@ -186,11 +189,15 @@ def read_img2dataset_file(path: str, source: SourceConfig, root: str = "") -> li
     """Raw records of one img2dataset ``--output_format parquet`` shard: one per row, failed downloads
     included (rejected as missing_image with img2dataset's status and error).
 
-    Raises ValueError if the shard has no image or caption column (img2dataset run without a caption).
+    Raises SourceConfigError (a ValueError) if the shard has no image or caption column (img2dataset run
+    without a caption).
     """
     fs, _ = filesystem(source.path)
     shard_id = relative_id(path, root or source_root(source.path))
     prefix = scheme_prefix(source.path)
+    verdict = check_listed(source.path, root or source_root(source.path), path)
+    if verdict is not None:
+        return [_unreadable(source, shard_id, prefix + path, None, verdict)]
     try:
         with fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
@@ -200,36 +207,33 @@ def read_img2dataset_file(path: str, source: SourceConfig, root: str = "") -> li
         return [_unreadable(source, shard_id, prefix + path, err)]
     records = []
     for number, row in enumerate(rows):
-        image, caption = _as_bytes(row[wanted[0]]), _as_bytes(row[IMG2DATASET_CAPTION_COLUMN])
-        verdict = _img2dataset_verdict(row, image, caption)
         row_key = row.get("key")
         name = str(row_key) if row_key not in (None, "") else f"{shard_id}/{number}"
         where = f"key={row_key}" if row_key not in (None, "") else f"row={number}"
-        records.append(
-            raw_record(
-                f"{source.name}/{name}",
-                source.name,
-                f"{prefix}{path}#{where}",
-                image if verdict is None else b"",
-                caption or b"",
-                verdict,
-            )
-        )
+        locator = f"{prefix}{path}#{where}"
+        try:
+            image, caption = _as_bytes(row[wanted[0]]), _as_bytes(row[IMG2DATASET_CAPTION_COLUMN]) or b""
+            verdict = _img2dataset_verdict(row, image, caption)
+        except Exception as err:  # noqa: BLE001 - one row's problem; see common.error_verdict
+            image, caption, verdict = b"", b"", error_verdict(err, locator)
+        image = image if verdict is None else b""
+        records.append(raw_record(f"{source.name}/{name}", source.name, locator, image, caption, verdict))
     return records
 
 
 # --- entry point ---------------------------------------------------------------------------------
 
 
-def read(source: SourceConfig):
+def read(source: SourceConfig, cfg: FilterConfig | None = None):
     """A Ray dataset of raw records for a ``table`` or ``img2dataset_parquet`` source, one task per file."""
+    id_root = source_root(source.path)
     if source.format == "img2dataset_parquet":
-        paths = list_files(source.path, {".parquet"}, source.max_files)
-        reader = partial(read_img2dataset_file, source=source, root=source_root(source.path))
+        listing = list_source(source.path, {".parquet"}, source.max_files)
+        reader = partial(read_img2dataset_file, source=source, root=id_root)
     elif source.format == "table":
-        paths = list_files(source.path, TABLE_SUFFIXES, source.max_files)
+        listing = list_source(source.path, TABLE_SUFFIXES, source.max_files)
         root = confinement_root(source.path, source.root)
-        reader = partial(read_table_file, source=source, root=root, id_root=source_root(source.path))
+        reader = partial(read_table_file, source=source, root=root, id_root=id_root)
     else:
         raise ValueError(f"source {source.name}: the tables reader cannot read format {source.format!r}")
-    return per_file_dataset(paths, reader, files_per_block=1)
+    return per_file_dataset(listing, reader, source.name, source.path, id_root, files_per_block=1)

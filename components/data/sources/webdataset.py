@@ -4,7 +4,8 @@ We read shards ourselves rather than with ``ray.data.read_webdataset`` so that o
 shard becomes rejected records instead of a failed job: the samples read before the damage are kept,
 the sample the damage hit is rejected as unreadable, and one ``#unreadable`` record says where the
 shard broke. Tar members are only ever read as bytes in streaming mode (no extraction, no seeking,
-links are never followed), so the same code reads a local file and an ``s3://`` object.
+links are never followed), so the same code reads a local file and an ``s3://`` object. Anything
+else a shard raises is treated like damage, under ``reader_error``: the samples before it are kept.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import zlib
 from dataclasses import dataclass
 from functools import partial
 
-from components.config import SourceConfig
+from components.config import FilterConfig, SourceConfig
 from components.data import schema
 from components.data.sources.common import (
     Verdict,
+    check_listed,
+    error_verdict,
     filesystem,
-    list_files,
+    list_source,
     per_file_dataset,
     raw_record,
     relative_id,
@@ -169,7 +172,7 @@ def _scan(tar: tarfile.TarFile, samples: dict[str, _Sample]) -> None:
             reading = True
             _store(tar, member, ext, sample)
             reading = False
-    except _DAMAGE_ERRORS:
+    except Exception:  # damage (or anything else the stream raised): mark the sample it hit, re-raise
         if last is not None:
             _mark_cut_off(samples[last[0]], _safe_text(last[1]), reading)
         raise
@@ -195,40 +198,42 @@ def read_shard(path: str, source: SourceConfig, root: str = "") -> list[dict]:
     fs, _ = filesystem(source.path)
     shard_id = relative_id(path, root or source_root(source.path))
     prefix = scheme_prefix(source.path)
+    shard_record = partial(raw_record, f"{source.name}/{shard_id}#unreadable", source.name, f"{prefix}{path}")
+    verdict = check_listed(source.path, root or source_root(source.path), path)
+    if verdict is not None:
+        return [shard_record(verdict=verdict)]
     samples: dict[str, _Sample] = {}
     damage: Exception | None = None
     try:
         with fs.open_input_stream(path) as stream:
             with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_StrictTarInfo) as tar:
                 _scan(tar, samples)
-    except _DAMAGE_ERRORS as err:
+    except Exception as err:  # noqa: BLE001 - damage, or an error tarfile does not wrap: see below
         damage = err
     records = []
     for key, sample in samples.items():
-        caption, verdict = _verdict(sample)
         name = _safe_text(key)
+        locator = f"{prefix}{path}#{name}"
+        try:
+            caption, verdict = _verdict(sample)
+        except Exception as err:  # noqa: BLE001 - one sample's problem; see common.error_verdict
+            caption, verdict = b"", error_verdict(err, locator)
         image = sample.image if verdict is None else b""  # rejected here: downstream never decodes it
-        records.append(
-            raw_record(
-                f"{source.name}/{shard_id}/{name}", source.name, f"{prefix}{path}#{name}", image, caption, verdict
-            )
-        )
+        records.append(raw_record(f"{source.name}/{shard_id}/{name}", source.name, locator, image, caption, verdict))
     if damage is not None:
         complete = sum(1 for s in samples.values() if not s.cut_off)
-        detail = f"shard truncated or corrupt after {complete} samples: {type(damage).__name__}: {damage}"[:300]
-        records.append(
-            raw_record(
-                f"{source.name}/{shard_id}#unreadable",
-                source.name,
-                f"{prefix}{path}",
-                verdict=(schema.RULE_UNREADABLE, detail),
-            )
-        )
+        if isinstance(damage, _DAMAGE_ERRORS):
+            detail = f"shard truncated or corrupt after {complete} samples: {type(damage).__name__}: {damage}"
+            verdict = schema.RULE_UNREADABLE, detail[:300]
+        else:
+            verdict = error_verdict(damage, f"reading the shard after {complete} samples")
+        records.append(shard_record(verdict=verdict))
     return records
 
 
-def read(source: SourceConfig):
+def read(source: SourceConfig, cfg: FilterConfig | None = None):
     """A Ray dataset of raw records: one task per shard, so a damaged shard costs only itself."""
     root = source_root(source.path)
-    paths = list_files(source.path, {".tar"}, source.max_files)
-    return per_file_dataset(paths, partial(read_shard, source=source, root=root), files_per_block=1)
+    listing = list_source(source.path, {".tar"}, source.max_files)
+    reader = partial(read_shard, source=source, root=root)
+    return per_file_dataset(listing, reader, source.name, source.path, root, files_per_block=1)
