@@ -32,11 +32,11 @@ from pathlib import Path
 
 import torch
 
+from components.accelerators import peak_tflops
 from components.config import PROJECT_ROOT, AlignConfig, ModelConfig, load_config
 from components.model.align import AlignModel
 from components.model.loss import ContrastiveLoss
 from components.model.preprocess import output_size
-from components.train.accelerators import peak_tflops
 from components.train.schedule import build_optimizer, build_scheduler
 from components.train.step import forward_loss, train_step
 

@@ -54,12 +54,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from components.accelerators import card
 from components.config import PROJECT_ROOT, AlignConfig, load_config
 from components.data.decode import encode_jpeg, resize_short_side
 from components.data.scenes import describe, sample_scene
 from components.model.preprocess import output_size
 from components.model.tokenizer import train_wordpiece
-from components.train.accelerators import card
 from components.train.batches import BatchBuilder, prefetch
 from components.train.checkpointing import step_seed
 

@@ -7,7 +7,7 @@ ranking that turns embeddings into Recall@1/5/10 both ways.
 
 - **baseline**: the straightforward implementation: the full (25k × 5k) float32 score matrix at once,
   a full ``argsort`` of every row, then the position of the first ground-truth item.
-- **candidate**: ``components.evaluation.retrieval.retrieval_metrics``: scores in ~64 MiB blocks, and
+- **candidate**: ``components.metrics.retrieval.retrieval_metrics``: scores in ~64 MiB blocks, and
   per query only a count of negatives scoring at least its best positive (no sort).
 
 Both must give identical metrics (checked). Prints seconds, the ratio, and the largest score block
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.evaluation.retrieval import retrieval_metrics
+from components.metrics.retrieval import retrieval_metrics
 
 RESULTS = Path(__file__).resolve().parent / "results" / "retrieval_eval.json"
 KS = (1, 5, 10)

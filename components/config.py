@@ -220,7 +220,7 @@ class TrainConfig(_Section):
     # from the step.
     decode_threads: int = Field(0, ge=0)
     # The card a GPU recipe's per-device batch and input pipeline are sized for (a name in
-    # components/train/accelerators.py); the run checks the card it gets has at least its memory.
+    # components/accelerators.py); the run checks the card it gets has at least its memory.
     accelerator: str = ""
     # bf16: autocast forward and loss to bfloat16 where the device supports it (GPUs, recent CPUs).
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -236,7 +236,7 @@ class TrainConfig(_Section):
     @classmethod
     def _known_card(cls, value: str) -> str:
         if value:
-            from components.train.accelerators import card
+            from components.accelerators import card
 
             card(value)
         return value

@@ -80,7 +80,7 @@ def _holdout(cfg: AlignConfig) -> Path:
 
 def eval_image_hashes(retrieval_json: str, split: str) -> np.ndarray:
     """dHashes of the evaluation images, so near-duplicates of them never reach training."""
-    from components.evaluation.datasets import load_karpathy
+    from components.data.eval_sets import load_karpathy
 
     rset = load_karpathy(retrieval_json, split=split)
     hashes = []

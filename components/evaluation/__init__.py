@@ -2,22 +2,14 @@
 
 Suites (``suite.py``) are read, fingerprinted by content and scored through the ``DualEncoder``
 protocol only, with numpy, Pillow and matplotlib (plots); ``stage.py`` alone talks to MLflow, and
-orchestration is left to ``flows/``.
+orchestration is left to ``flows/``. The set readers (``data.eval_sets``) and Recall@K
+(``metrics.retrieval``) sit below, because ingest and training's validation use them too.
 """
 
 from components.evaluation.batching import encode_images, encode_texts
 from components.evaluation.classification import classification_metrics, zero_shot_classifier
-from components.evaluation.datasets import (
-    ClassificationSet,
-    ImageDecodeError,
-    RetrievalSet,
-    load_image_folder,
-    load_karpathy,
-    open_image,
-)
 from components.evaluation.encoder import DualEncoder
 from components.evaluation.knn import knn_metrics
-from components.evaluation.retrieval import retrieval_metrics
 from components.evaluation.runner import (
     TASK_CLASSIFICATION,
     TASK_KNN,
@@ -32,12 +24,9 @@ __all__ = [
     "TASK_CLASSIFICATION",
     "TASK_KNN",
     "TASK_RETRIEVAL",
-    "ClassificationSet",
     "CorpusSets",
     "DualEncoder",
     "EvalReport",
-    "ImageDecodeError",
-    "RetrievalSet",
     "SuiteError",
     "benchmark_record",
     "classification_metrics",
@@ -47,10 +36,6 @@ __all__ = [
     "evaluate_retrieval",
     "evaluate_suites",
     "knn_metrics",
-    "load_image_folder",
-    "load_karpathy",
     "load_suite",
-    "open_image",
-    "retrieval_metrics",
     "zero_shot_classifier",
 ]

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from components.evaluation.encoder import DualEncoder
-from components.evaluation.ranking import as_embeddings
+from components.metrics.ranking import as_embeddings
 
 
 def _check_batch_size(batch_size: int) -> None:

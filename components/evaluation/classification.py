@@ -12,7 +12,7 @@ import numpy as np
 
 from components.evaluation.batching import encode_texts
 from components.evaluation.encoder import DualEncoder
-from components.evaluation.ranking import as_embeddings, as_ks, as_labels, best_positive_ranks, recall_at
+from components.metrics.ranking import as_embeddings, as_ks, as_labels, best_positive_ranks, recall_at
 
 _EPS = 1e-12
 _SENTINEL = "\x00class\x00"

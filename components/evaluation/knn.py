@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from components.evaluation.ranking import _SCORE_BLOCK_ELEMENTS, as_embeddings, as_ks, as_labels
+from components.metrics.ranking import SCORE_BLOCK_ELEMENTS, as_embeddings, as_ks, as_labels
 
 _ANY_LABEL = np.iinfo(np.int64).max
 
@@ -70,7 +70,7 @@ def knn_metrics(
     classes, gallery_ids = np.unique(gallery_labels, return_inverse=True)
     num_gallery, num_classes = gallery_emb.shape[0], classes.size
     if chunk_size is None:
-        chunk_size = max(1, _SCORE_BLOCK_ELEMENTS // max(num_gallery, num_classes))
+        chunk_size = max(1, SCORE_BLOCK_ELEMENTS // max(num_gallery, num_classes))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     k_max = min(max(ks), num_gallery)

@@ -1,40 +1,30 @@
 """PNG figures of evaluation results, for MLflow artifacts and reports.
 
-Figures are built on ``matplotlib.figure.Figure`` and written through ``savefig`` (the Agg canvas), never
-through ``pyplot``: pyplot keeps a global registry of figures and a process-wide backend, which leaks
-memory in long-lived workers and is not thread-safe. matplotlib itself is imported inside the functions,
-so importing this module stays cheap and does not build matplotlib's font cache.
+Drawn through ``components.figures`` (matplotlib's object API and the Agg canvas, never ``pyplot``), which
+also keeps importing this module cheap: matplotlib loads when a figure is drawn.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from components.evaluation.ranking import as_labels
+from components.figures import new_figure, save_png
+from components.metrics.names import parse_recall_name
+from components.metrics.ranking import as_labels
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-DPI = 100
-
-# "<anything>/<direction>/R@K" or the MLflow spelling "…/R_at_K"; the prefix ("retrieval/", "val/") is
-# allowed so flat MLflow metrics can be passed as they are.
-_RECALL_KEY = re.compile(r"^(?:.*/)?(?P<direction>[^/]+)/R(?:@|_at_)(?P<k>[1-9][0-9]*)$")
 _DIRECTION_ORDER = ("image_to_text", "text_to_image")
 _DIRECTION_LABELS = {"image_to_text": "image→text", "text_to_image": "text→image"}
 
 _ANNOTATE_MAX_CLASSES = 20  # cell values stay legible up to here
 _TICK_LABEL_MAX_CLASSES = 50  # beyond this, names overlap whatever the font size
-_CONFUSION_MAX_INCHES = 14.0  # 1400 px at DPI: a 1000-class matrix is still one bounded image
+_CONFUSION_MAX_INCHES = 14.0  # 1400 px at figures.DPI: a 1000-class matrix is still one bounded image
 _CLASS_NAME_CHARS = 24
 
 _MAX_QUERY_ROWS = 50  # one row is ~2.3 in; Agg refuses images over 2**16 px a side
@@ -42,36 +32,6 @@ _MAX_TOP_K = 20
 _THUMBNAIL_PX = 256  # images are shown ~200 px wide; drawing full-size originals only costs memory
 _HIT_COLOUR = "#2ca02c"
 _MISS_COLOUR = "#d62728"
-
-
-def new_figure(width: float, height: float) -> Figure:
-    """A figure on matplotlib's object API (no pyplot state), laid out for saving as PNG."""
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-
-
-def png_bytes(fig: Figure) -> bytes:
-    """``fig`` as PNG bytes (for embedding or logging), dropping its artists so the memory goes now."""
-    import io
-
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=DPI)
-    finally:
-        fig.clear()
-    return buffer.getvalue()
-
-
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Write ``fig`` as PNG (creating parent folders) and drop its artists so the memory goes now."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(out, format="png", dpi=DPI)
-    finally:
-        fig.clear()
-    return out
 
 
 # --- retrieval --------------------------------------------------------------------------------------------
@@ -82,10 +42,10 @@ def _recall_table(metrics: Mapping[str, float]) -> dict[str, dict[int, float]]:
     table: dict[str, dict[int, float]] = {}
     sources: dict[tuple[str, int], str] = {}
     for key, value in metrics.items():
-        match = _RECALL_KEY.match(str(key))
-        if match is None:
+        name = parse_recall_name(str(key))  # any prefix ("retrieval/", "val/"), either spelling
+        if name is None:
             continue
-        direction, k = match["direction"], int(match["k"])
+        direction, k = name.direction, name.k
         try:
             recall = float(value)
         except (TypeError, ValueError) as exc:
@@ -143,7 +103,7 @@ def plot_recall_bars(metrics: Mapping[str, float], path: str | os.PathLike[str],
     fig.legend(loc="outside lower center", ncols=len(ks), fontsize=8, frameon=False)
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # --- classification ---------------------------------------------------------------------------------------
@@ -227,7 +187,7 @@ def plot_confusion_matrix(
             ax.text(col, row, text, ha="center", va="center", fontsize=font, color=colour)
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # --- retrieval examples -----------------------------------------------------------------------------------
@@ -326,4 +286,4 @@ def plot_top_images(
             ax.set_xlabel(f"{label}  {'hit' if hit else 'miss'}", fontsize=8, color=colour)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from components.data.eval_sets import ClassificationSet, RetrievalSet
 from components.evaluation.batching import encode_images, encode_texts
 from components.evaluation.classification import classification_metrics, zero_shot_classifier
-from components.evaluation.datasets import ClassificationSet, RetrievalSet
 from components.evaluation.encoder import DualEncoder
-from components.evaluation.retrieval import retrieval_metrics
+from components.metrics.retrieval import retrieval_metrics
 
 TASK_RETRIEVAL = "zeroshot_retrieval"
 TASK_CLASSIFICATION = "zeroshot_classification"

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from components.config import EvalConfig, SuiteConfig
+from components.data.eval_sets import ClassificationSet, RetrievalSet, load_image_folder, load_karpathy
 from components.evaluation.batching import encode_images, encode_texts
 from components.evaluation.classification import classification_metrics, zero_shot_classifier
-from components.evaluation.datasets import ClassificationSet, RetrievalSet, load_image_folder, load_karpathy
-from components.evaluation.retrieval import retrieval_metrics
 from components.evaluation.runner import TASK_CLASSIFICATION, TASK_KNN, TASK_RETRIEVAL, benchmark_record
+from components.metrics.names import mlflow_metric_name
+from components.metrics.retrieval import retrieval_metrics
 from components.runtime import progress
 
 DEFAULT_KS = {TASK_RETRIEVAL: [1, 5, 10], TASK_CLASSIFICATION: [1, 5], TASK_KNN: [1, 10]}
@@ -30,10 +31,6 @@ TOP_K_SHOWN = 5
 
 class SuiteError(ValueError):
     """A suite cannot be loaded or scored; the message names the suite and the file at fault."""
-
-
-def mlflow_metric_name(*parts: str) -> str:
-    return "/".join(parts).replace("@", "_at_")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.evaluation.datasets import _safe_relative
+from components.data.eval_sets import safe_relative
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 _INTEGER = re.compile(r"[+-]?\d+")
@@ -71,7 +71,7 @@ def _image_reference(value: object, root: Path, where: str) -> Path | bytes:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{where}: expected image bytes or a relative path, got {value!r}")
     try:
-        return _safe_relative(root, value.strip())
+        return safe_relative(root, value.strip())
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from exc
 

@@ -101,7 +101,7 @@ def claims_plot(verdicts: list[dict], claims: list[ClaimSpec], table: dict) -> b
     the metric of each fixed temperature (log scale) with the learnable trial placed at the temperature
     it learned, and the band the claim calls "near" around the best fixed one.
     """
-    from components.evaluation.plots import new_figure, png_bytes
+    from components.figures import new_figure, png_bytes
 
     by_name = {claim.name: claim for claim in claims}
     shown = [v for v in verdicts if v["holds"] is not None and v["claim"] in by_name]

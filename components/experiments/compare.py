@@ -68,7 +68,7 @@ def to_csv(table: dict) -> str:
 
 def metric_plot(table: dict, metrics: list[str]) -> bytes:
     """One horizontal bar panel per metric, a bar per trial, as PNG bytes (Agg canvas, no pyplot state)."""
-    from components.evaluation.plots import new_figure, png_bytes
+    from components.figures import new_figure, png_bytes
 
     metrics = [m for m in metrics if any(row[m] is not None for row in table["rows"])] or table["columns"][:1]
     trials = [_label(row) for row in table["rows"]]

@@ -17,8 +17,8 @@ ITEMS_FILE = "items.json"
 
 
 def build_search_index(encoder, retrieval_json: str, split: str, artifact_dir: str, batch_size: int = 128) -> int:
+    from components.data.eval_sets import load_karpathy
     from components.evaluation.batching import encode_images
-    from components.evaluation.datasets import load_karpathy
 
     rset = load_karpathy(retrieval_json, split=split)
     embeddings = encode_images(encoder, rset.load_image, len(rset.image_paths), batch_size).astype(np.float32)

@@ -1,6 +1,6 @@
 """The report's figures, as ``data:image/png;base64`` URIs so the HTML file carries them inline.
 
-Built with the evaluation plots' ``new_figure`` / ``png_bytes`` on ``matplotlib.figure.Figure``, never
+Built with ``components.figures`` (``new_figure`` / ``png_bytes``) on ``matplotlib.figure.Figure``, never
 through ``pyplot`` (no process-wide backend switch, no global figure registry); matplotlib is imported
 inside the functions so importing this module stays cheap. Every function returns None when no run has the data.
 """
@@ -13,14 +13,13 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from components.evaluation.plots import new_figure, png_bytes
+from components.figures import new_figure, png_bytes
+from components.metrics.names import parse_recall_name
 from components.report.collect import RunRecord
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-# MLflow forbids "@", so R@K is logged as "R_at_K": "<suite>/<direction>/R_at_<K>" (suite may be "val").
-RECALL_METRIC = re.compile(r"^(?P<suite>.+)/(?P<direction>[^/]+)/R_at_(?P<k>[1-9][0-9]*)$")
 # Top-1 accuracies of the classification suites: "<suite>/acc1" (zero-shot) and "<suite>/k<K>/acc1" (kNN).
 ACCURACY_METRIC = re.compile(r"^(?!train/|val/|system/).+/acc1$")
 _LABEL_CHARS = 32
@@ -83,12 +82,15 @@ def loss_curves(runs: Sequence[RunRecord]) -> str | None:
 
 
 def recall_table(metrics: dict[str, float]) -> dict[tuple[str, str], dict[int, float]]:
-    """``{(suite, direction): {K: recall}}`` from a run's flat MLflow metrics."""
+    """``{(suite, direction): {K: recall}}`` from a run's flat MLflow metrics.
+
+    Only names as MLflow records them count: ``<suite>/<direction>/R_at_<K>``, where suite may be "val".
+    """
     table: dict[tuple[str, str], dict[int, float]] = {}
     for name, value in metrics.items():
-        match = RECALL_METRIC.match(name)
-        if match and value is not None and math.isfinite(value):
-            table.setdefault((match["suite"], match["direction"]), {})[int(match["k"])] = float(value)
+        recall = parse_recall_name(name)
+        if recall and recall.prefix and recall.logged and value is not None and math.isfinite(value):
+            table.setdefault((recall.prefix, recall.direction), {})[recall.k] = float(value)
     return table
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from components.accelerators import prepare_cuda
 from components.config import AlignConfig
 from components.model.align import AlignModel
 from components.model.artifact import TOKENIZER_DIR
@@ -25,7 +26,6 @@ from components.model.loss import ContrastiveLoss
 from components.model.tokenizer import load_tokenizer
 from components.runtime.metrics import record_training_step
 from components.model.preprocess import normalize
-from components.train.accelerators import prepare_cuda
 from components.train.batches import BatchBuilder, iterate_batches, prefetch, to_device_ahead
 from components.train.checkpointing import Position, restore_checkpoint, save_checkpoint, step_seed
 from components.train.schedule import build_optimizer, build_scheduler

@@ -32,12 +32,12 @@ import torch
 from timm.models.efficientnet import EfficientNet
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from components.accelerators import card
 from components.config import AlignConfig, ModelConfig
 from components.model import loss as loss_module
 from components.model.align import AlignModel
 from components.model.loss import ContrastiveLoss
 from components.model.preprocess import normalize, output_size
-from components.train.accelerators import card
 from components.train.step import forward_loss
 
 GIB = 2**30

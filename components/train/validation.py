@@ -12,15 +12,15 @@ import io
 import numpy as np
 from PIL import Image
 
-from components.evaluation.retrieval import retrieval_metrics
-from components.evaluation.suite import mlflow_metric_name
+from components.metrics.names import mlflow_metric_name
+from components.metrics.retrieval import retrieval_metrics
 
 
 def load_validation_pairs(retrieval_json: str, split: str, max_images: int) -> dict | None:
     """The first ``max_images`` images of ``split`` with all their captions, as plain data; None if off."""
     if not retrieval_json or max_images <= 0:
         return None
-    from components.evaluation.datasets import load_karpathy
+    from components.data.eval_sets import load_karpathy
 
     rset = load_karpathy(retrieval_json, split=split)
     count = min(max_images, len(rset.image_paths))

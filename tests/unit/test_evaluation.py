@@ -9,21 +9,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from components.data.eval_sets import ImageDecodeError, load_image_folder, load_karpathy, open_image
 from components.evaluation import (
     TASK_CLASSIFICATION,
     TASK_RETRIEVAL,
     DualEncoder,
-    ImageDecodeError,
     benchmark_record,
     classification_metrics,
     evaluate_classification,
     evaluate_retrieval,
-    load_image_folder,
-    load_karpathy,
-    open_image,
-    retrieval_metrics,
     zero_shot_classifier,
 )
+from components.metrics.retrieval import retrieval_metrics
 
 # --- retrieval ------------------------------------------------------------------------------------------
 

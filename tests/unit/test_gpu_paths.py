@@ -188,7 +188,7 @@ def test_the_next_batch_is_copied_before_the_current_step_runs():
 def test_a_gpu_worker_autotunes_convolutions_and_refuses_a_card_smaller_than_its_recipe(monkeypatch):
     from types import SimpleNamespace
 
-    from components.train.accelerators import prepare_cuda
+    from components.accelerators import prepare_cuda
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     card = SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=int(79.6 * 2**30))

@@ -5,7 +5,7 @@ import pytest
 from components.config import AlignConfig, HoldoutConfig, SourceConfig
 from components.data.holdout import build_holdout
 from components.data.ingest import prepare_corpus
-from components.evaluation.datasets import load_karpathy
+from components.data.eval_sets import load_karpathy
 from tests.data_fixtures import SVG_GOOD
 
 

@@ -10,8 +10,8 @@ import math
 
 import pytest
 
+from components.accelerators import card
 from components.config import PROJECT_ROOT, load_config
-from components.train.accelerators import card
 from tests.unit.test_bench_scripts import _load
 
 

@@ -14,9 +14,9 @@ import sys
 import pytest
 from torch import nn
 
+from components.accelerators import card
 from components.config import PROJECT_ROOT, load_config
 from components.train import memory
-from components.train.accelerators import card
 
 HEADROOM = 0.9  # of the card's memory: the allocator's fragmentation and what is not modelled
 RECIPES = sorted((PROJECT_ROOT / "configs").glob("*.yaml"))

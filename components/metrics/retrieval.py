@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from components.evaluation.ranking import as_embeddings, as_ks, as_labels, best_positive_ranks, recall_at
+from components.metrics.ranking import as_embeddings, as_ks, as_labels, best_positive_ranks, recall_at
 
 
 def retrieval_metrics(

@@ -1,7 +1,8 @@
-"""Readers for the evaluation suites: Karpathy-split retrieval JSON and ImageFolder classification sets.
+"""Readers for the evaluation sets: Karpathy-split retrieval JSON and ImageFolder classification sets.
 
-Readers only index files; images are decoded lazily, one batch at a time, so a 25k-caption suite does not
-sit in memory as pixels.
+They live in data/ because three stages read them: ingest (the evaluation images' hashes keep their
+near-duplicates out of training), training's validation and evaluation. Readers only index files; images
+are decoded lazily, one batch at a time, so a 25k-caption suite does not sit in memory as pixels.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class ClassificationSet:
         return decode_item(self.images[index], self.keys[index])
 
 
-def _safe_relative(root: Path, *parts: str) -> Path:
+def safe_relative(root: Path, *parts: str) -> Path:
     """Join ``parts`` under ``root``, refusing anything that would land outside it.
 
     The check is lexical (no symlink resolution) so that a dataset folder may legitimately symlink its
@@ -138,7 +139,7 @@ def load_karpathy(
         if not isinstance(sentences, list) or not sentences:
             raise ValueError(f"{where} ({entry['filename']}): needs a non-empty 'sentences' list")
         image_index = len(image_paths)
-        image_paths.append(_safe_relative(root, str(entry.get("filepath") or ""), entry["filename"]))
+        image_paths.append(safe_relative(root, str(entry.get("filepath") or ""), entry["filename"]))
         indices = []
         for sentence in sentences:
             raw = sentence.get("raw") if isinstance(sentence, dict) else None

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 # Rows per chunk are chosen so one float32 score block stays near 64 MiB.
-_SCORE_BLOCK_ELEMENTS = 1 << 24
+SCORE_BLOCK_ELEMENTS = 1 << 24
 
 
 def as_embeddings(name: str, array: np.ndarray) -> np.ndarray:
@@ -74,7 +74,7 @@ def best_positive_ranks(
         )
     num_queries, num_candidates = queries.shape[0], candidates.shape[0]
     if chunk_size is None:
-        chunk_size = max(1, _SCORE_BLOCK_ELEMENTS // max(1, num_candidates))
+        chunk_size = max(1, SCORE_BLOCK_ELEMENTS // max(1, num_candidates))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     ranks = np.empty(num_queries, dtype=np.int64)
