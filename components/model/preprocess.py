@@ -6,6 +6,7 @@ train/eval preprocessing is part of the diffable config and travels with the mod
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -125,12 +126,21 @@ def normalize(
 
     The permuted NHWC batch already has channels_last strides, so that layout costs no copy.
     """
-    shape = (1, 3, 1, 1)
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=batch.device).view(shape)
-    std_t = torch.tensor(std, dtype=torch.float32, device=batch.device).view(shape)
+    mean_t, std_t = _channel_stats(tuple(mean), tuple(std), batch.device)
     scaled = batch.permute(0, 3, 1, 2).float().div_(255.0)
     out = (scaled - mean_t) / std_t
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out.contiguous()
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std as (1, 3, 1, 1) tensors on ``device``, made once: a new tensor per training step
+    would be a small host-to-device copy on the step's hot path. Made outside inference mode, so a cache
+    filled by evaluation serves training too."""
+    shape = (1, 3, 1, 1)
+    with torch.inference_mode(False):
+        return (torch.tensor(mean, dtype=torch.float32, device=device).view(shape),
+                torch.tensor(std, dtype=torch.float32, device=device).view(shape))
 
 
 def to_batch(
